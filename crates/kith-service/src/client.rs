@@ -165,3 +165,15 @@ where
 fn is_connection_failure(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable && status.details().is_empty()
 }
+
+/// Asks the server's `grpc.health.v1` service whether `service` (a full gRPC service name such
+/// as `kith.identity.v1.Identity`, or "" for the whole server) is serving.
+pub async fn health_check(connection: &Connection, service: &str) -> Result<bool, tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    let mut client = HealthClient::new(connection.channel());
+    let response = client
+        .check(HealthCheckRequest { service: service.to_owned() })
+        .await?
+        .into_inner();
+    Ok(response.status == ServingStatus::Serving as i32)
+}

@@ -16,7 +16,7 @@ mod server;
 mod telemetry;
 
 pub use auth::{CookieError, Token};
-pub use client::{AuthChannel, BearerAuth, Client, Connection, RemoteApi, call_with_reconnect};
+pub use client::{AuthChannel, BearerAuth, Client, Connection, RemoteApi, call_with_reconnect, health_check};
 pub use endpoint::{Endpoint, EndpointParseError};
 pub use home::Home;
 pub use error::{ErrorCode, ServiceError};

@@ -1,7 +1,6 @@
 //! Where the keystore passphrase comes from: a file (a docker secret), `KITH_PASSPHRASE`, or an
 //! interactive prompt, in that order.
 
-use std::io::IsTerminal;
 use std::path::Path;
 
 use zeroize::Zeroizing;
@@ -23,12 +22,10 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase,
     if let Ok(pass) = std::env::var("KITH_PASSPHRASE") {
         return non_empty(Zeroizing::new(pass));
     }
-    if !std::io::stdin().is_terminal() {
-        return Err("no passphrase: set KITH_PASSPHRASE or KITH_PASSPHRASE_FILE, or run in a terminal".into());
-    }
-    let pass = Zeroizing::new(
-        rpassword::prompt_password("keystore passphrase: ").map_err(|e| format!("read passphrase: {e}"))?,
-    );
+    // The prompt reads the controlling terminal, so words or data may still arrive on stdin.
+    let no_terminal =
+        |e: std::io::Error| format!("no passphrase: set KITH_PASSPHRASE or KITH_PASSPHRASE_FILE, or run in a terminal ({e})");
+    let pass = Zeroizing::new(rpassword::prompt_password("keystore passphrase: ").map_err(no_terminal)?);
     if confirm {
         let again = Zeroizing::new(
             rpassword::prompt_password("repeat passphrase: ").map_err(|e| format!("read passphrase: {e}"))?,

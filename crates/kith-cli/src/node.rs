@@ -1,0 +1,139 @@
+//! `kith node up` (every service in one process), `kith serve <service>` (one service as its own
+//! process) and `kith health`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use kith_identity::daemon::{SERVICE as IDENTITY, ServeArgs};
+use kith_identity::{IdentityApi, IdentityService, SetupOptions};
+use kith_service::ServerHandle;
+use serde_json::json;
+
+use crate::context::Ctx;
+use crate::output::emit;
+use crate::setup::{default_device_name, print_created};
+
+#[derive(clap::Subcommand)]
+pub enum NodeCommand {
+    /// Run every service in this process on the home's Unix sockets (creates an identity first
+    /// if this home has none).
+    Up {
+        #[command(flatten)]
+        identity: ServeArgs,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum ServeCommand {
+    /// The identity service.
+    Identity {
+        #[command(flatten)]
+        args: ServeArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct HealthArgs {
+    /// The service to check.
+    #[arg(long, default_value = IDENTITY)]
+    service: String,
+}
+
+/// Opens the identity, creating it first when the home has none and `create` is set.
+async fn open_identity(ctx: &Ctx, create: bool) -> anyhow::Result<IdentityService> {
+    let keystore = ctx.home.service_dir(IDENTITY).join("keystore.json");
+    if create && !keystore.exists() {
+        eprintln!("no identity in {} yet: creating one", ctx.home.root().display());
+        let passphrase = ctx.passphrase(true)?;
+        let created = IdentityService::init(
+            &ctx.home,
+            &passphrase,
+            SetupOptions { device_name: default_device_name(), ..Default::default() },
+        )?;
+        let info = created.service.show().await?;
+        if !ctx.json {
+            print_created(ctx, &info, Some(&created.mnemonic));
+        } else {
+            // In JSON mode the words go to stderr so stdout stays one machine-readable stream.
+            eprintln!("your 24 words (write them down; they are not shown again): {}", created.mnemonic.as_str());
+        }
+        return Ok(created.service);
+    }
+    let passphrase = ctx.passphrase(false)?;
+    Ok(IdentityService::open(&ctx.home, &passphrase)?)
+}
+
+async fn serve_until_signal(ctx: &Ctx, servers: Vec<(&'static str, ServerHandle)>, id: String) {
+    let services: serde_json::Map<String, serde_json::Value> = servers
+        .iter()
+        .map(|(name, handle)| {
+            let endpoints: Vec<String> = handle.endpoints().iter().map(ToString::to_string).collect();
+            (name.to_string(), json!(endpoints))
+        })
+        .collect();
+    emit(ctx.json, json!({ "event": "ready", "id": id, "services": services }), || {
+        let mut out = format!("node up: {id}\n");
+        for (name, endpoints) in &services {
+            out.push_str(&format!("  {name:<10} {}\n", endpoints));
+        }
+        out.push_str("press Ctrl-C to stop");
+        out
+    });
+    kith_service::shutdown_signal().await;
+    // Shut down in reverse start order: dependants before what they depend on.
+    for (_, server) in servers.into_iter().rev() {
+        server.shutdown().await;
+    }
+}
+
+pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
+    kith_service::init_tracing("warn");
+    let NodeCommand::Up { identity: identity_args } = cmd;
+    let identity = Arc::new(open_identity(ctx, true).await?);
+    let id = identity.show().await?.id;
+    let listen = identity_args.listeners(&ctx.home)?;
+    let identity_server = kith_identity::daemon::spawn(identity, &listen).await?;
+    serve_until_signal(ctx, vec![(IDENTITY, identity_server)], id).await;
+    Ok(())
+}
+
+pub async fn run_serve(ctx: &Ctx, cmd: ServeCommand) -> anyhow::Result<()> {
+    kith_service::init_tracing("info");
+    match cmd {
+        ServeCommand::Identity { args } => {
+            let identity = Arc::new(open_identity(ctx, false).await?);
+            let id = identity.show().await?.id;
+            let listen = args.listeners(&ctx.home)?;
+            let server = kith_identity::daemon::spawn(identity, &listen).await?;
+            serve_until_signal(ctx, vec![(IDENTITY, server)], id).await;
+        }
+    }
+    Ok(())
+}
+
+/// The full gRPC service name health reports for a Kith service.
+fn grpc_service_name(service: &str) -> anyhow::Result<&'static str> {
+    match service {
+        IDENTITY => Ok("kith.identity.v1.Identity"),
+        other => anyhow::bail!("unknown service {other:?}"),
+    }
+}
+
+pub async fn health(ctx: &Ctx, args: HealthArgs) -> anyhow::Result<()> {
+    let name = grpc_service_name(&args.service)?;
+    let connection = ctx
+        .connection(&args.service)?
+        .with_context(|| format!("{} is not running (no socket at {})", args.service, ctx.home.socket(&args.service).display()))?;
+    let serving = tokio::time::timeout(Duration::from_secs(5), kith_service::health_check(&connection, name))
+        .await
+        .context("health check timed out")?
+        .map_err(|s| anyhow::anyhow!("{}: {}", format!("{:?}", s.code()).to_lowercase(), s.message()))?;
+    emit(ctx.json, json!({ "service": args.service, "serving": serving }), || {
+        format!("{}: {}", args.service, if serving { "serving" } else { "not serving" })
+    });
+    if !serving {
+        anyhow::bail!("{} is not serving", args.service);
+    }
+    Ok(())
+}
