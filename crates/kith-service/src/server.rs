@@ -197,7 +197,9 @@ impl ServiceServer {
 }
 
 fn tonic_server() -> tonic::transport::Server {
+    // HTTP/1 is accepted too so Prometheus (and curl) can scrape `/metrics`.
     tonic::transport::Server::builder()
+        .accept_http1(true)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(256))
@@ -252,7 +254,7 @@ async fn require_token(State(token): State<Token>, request: Request, next: Next)
         return next.run(request).await;
     }
     let why = if presented.is_some() {
-        "wrong credential"
+        "wrong credential: the bearer token does not match the service cookie"
     } else {
         "missing credential: send the token from the service cookie as `authorization: Bearer <token>`"
     };

@@ -70,7 +70,9 @@ impl PublicKey {
         self.verify_raw(&signed_bytes(context, message), signature)
     }
 
-    pub(crate) fn verify_raw(&self, signed: &[u8], signature: &Signature) -> Result<()> {
+    /// Verifies a signature over exactly `signed` (no domain separation): for standard test
+    /// vectors and for records that build their own signed bytes.
+    pub fn verify_raw(&self, signed: &[u8], signature: &Signature) -> Result<()> {
         self.verifying_key()
             .verify_strict(signed, &ed25519_dalek::Signature::from_bytes(&signature.0))
             .map_err(|_| IdentityError::BadSignature("signature does not verify".into()))
@@ -218,7 +220,9 @@ impl SecretKey {
         (self.sign_raw(&signed), signed)
     }
 
-    pub(crate) fn sign_raw(&self, signed: &[u8]) -> Signature {
+    /// Signs exactly `signed` (no domain separation): for standard test vectors and for records
+    /// that build their own signed bytes. Never exposed through the service API.
+    pub fn sign_raw(&self, signed: &[u8]) -> Signature {
         Signature(self.0.sign(signed).to_bytes())
     }
 }
