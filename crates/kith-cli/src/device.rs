@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::context::Ctx;
 use crate::output::{emit, time};
-use crate::setup::{default_device_name, print_created};
+use crate::setup::{options, print_created};
 
 #[derive(clap::Subcommand)]
 pub enum DeviceCommand {
@@ -59,8 +59,7 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
         DeviceCommand::Link { name, finish: None, force } => {
             let passphrase = ctx.passphrase(true)?;
-            let name = name.unwrap_or_else(default_device_name);
-            let request = IdentityService::begin_link(&ctx.home, &passphrase, &name, force)?;
+            let request = IdentityService::begin_link(&ctx.home, &passphrase, options(name, force))?;
             let code = request.encode();
             emit(
                 ctx.json,

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kith_identity::daemon::{SERVICE as IDENTITY, ServeArgs};
-use kith_identity::{IdentityApi, IdentityService, SetupOptions};
+use kith_identity::{IdentityApi, IdentityService};
 use kith_service::ServerHandle;
 use serde_json::json;
 
 use crate::context::Ctx;
 use crate::output::emit;
-use crate::setup::{default_device_name, print_created};
+use crate::setup::{options, print_created};
 
 #[derive(clap::Subcommand)]
 pub enum NodeCommand {
@@ -46,11 +46,7 @@ async fn open_identity(ctx: &Ctx, create: bool) -> anyhow::Result<IdentityServic
     if create && !keystore.exists() {
         eprintln!("no identity in {} yet: creating one", ctx.home.root().display());
         let passphrase = ctx.passphrase(true)?;
-        let created = IdentityService::init(
-            &ctx.home,
-            &passphrase,
-            SetupOptions { device_name: default_device_name(), ..Default::default() },
-        )?;
+        let created = IdentityService::init(&ctx.home, &passphrase, options(None, false))?;
         let info = created.service.show().await?;
         if !ctx.json {
             print_created(ctx, &info, Some(&created.mnemonic));

@@ -43,11 +43,14 @@ fn bip39_passphrase() -> Zeroizing<String> {
     Zeroizing::new(std::env::var("KITH_BIP39_PASSPHRASE").unwrap_or_default())
 }
 
-fn options(name: Option<String>, force: bool) -> SetupOptions {
+/// Setup options from the command line. `KITH_INSECURE_FAST_KDF=1` lowers the keystore's
+/// key-stretching cost; it exists for test suites and must not be used for a real identity.
+pub fn options(name: Option<String>, force: bool) -> SetupOptions {
     SetupOptions {
         device_name: name.unwrap_or_else(default_device_name),
         bip39_passphrase: bip39_passphrase(),
         force,
+        kdf: kith_identity::keystore::KdfParams::from_env(),
     }
 }
 

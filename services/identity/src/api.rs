@@ -127,7 +127,7 @@ pub trait IdentityApi: Send + Sync + 'static {
     async fn import_profile(&self, profile: Profile) -> Result<()>;
 
     /// Issues (or re-issues) the scoped key for `scope`: stable for this device and scope.
-    async fn delegate(&self, scope: String, ttl_seconds: Option<u64>) -> Result<DelegatedKey>;
+    async fn delegate(&self, scope: String, ttl_seconds: Option<std::num::NonZeroU64>) -> Result<DelegatedKey>;
     async fn verify_delegation(&self, delegation: Delegation, scope: String) -> Result<()>;
 }
 

@@ -174,7 +174,7 @@ impl Identity for IdentityGrpc {
         let r = request.into_inner();
         let key = self
             .0
-            .delegate(r.scope, (r.ttl_seconds != 0).then_some(r.ttl_seconds))
+            .delegate(r.scope, std::num::NonZeroU64::new(r.ttl_seconds))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::DelegateResponse {
@@ -324,8 +324,8 @@ impl IdentityApi for RemoteIdentity {
         self.call(request, |mut c, r| async move { c.import_profile(r).await }).await.map(|_| ())
     }
 
-    async fn delegate(&self, scope: String, ttl_seconds: Option<u64>) -> Result<DelegatedKey> {
-        let request = pb::DelegateRequest { scope, ttl_seconds: ttl_seconds.unwrap_or(0) };
+    async fn delegate(&self, scope: String, ttl_seconds: Option<std::num::NonZeroU64>) -> Result<DelegatedKey> {
+        let request = pb::DelegateRequest { scope, ttl_seconds: ttl_seconds.map_or(0, std::num::NonZeroU64::get) };
         let r = self.call(request, |mut c, r| async move { c.delegate(r).await }).await?;
         let secret: [u8; 32] = r.scoped_secret_key.as_ref().try_into().map_err(|_| {
             IdentityError::InvalidArgument("scoped secret key must be 32 bytes".into())

@@ -24,8 +24,8 @@ const FORMAT: &str = "kith-keystore/1";
 /// The keystore passphrase, zeroised on drop.
 pub type Passphrase = Zeroizing<String>;
 
-/// Argon2id cost. The default follows OWASP's first recommended set scaled up (64 MiB, t=3);
-/// `KITH_INSECURE_FAST_KDF=1` selects a cheap setting for test suites only.
+/// Argon2id cost, stored in the keystore header. New keystores use [`KdfParams::STRONG`]
+/// (64 MiB, 3 passes: above OWASP's minimum recommendation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfParams {
     pub memory_kib: u32,
@@ -34,11 +34,18 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    pub fn default_for_new() -> Self {
+    /// The cost used for new keystores.
+    pub const STRONG: Self = Self { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 };
+    /// A cheap cost for test suites only.
+    pub const INSECURE_FAST: Self = Self { memory_kib: 1024, iterations: 1, parallelism: 1 };
+
+    /// [`Self::STRONG`], unless `KITH_INSECURE_FAST_KDF=1` asks for [`Self::INSECURE_FAST`]
+    /// (read by the `kith` command so its end-to-end tests stay fast).
+    pub fn from_env() -> Self {
         if std::env::var_os("KITH_INSECURE_FAST_KDF").is_some_and(|v| v == "1") {
-            Self { memory_kib: 1024, iterations: 1, parallelism: 1 }
+            Self::INSECURE_FAST
         } else {
-            Self { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
+            Self::STRONG
         }
     }
 
@@ -156,6 +163,7 @@ impl Secrets {
 #[derive(Clone, Debug)]
 pub struct KeystoreInfo {
     pub kind: KeystoreKind,
+    pub kdf: KdfParams,
     pub identity: Option<PublicKey>,
     pub device: PublicKey,
 }
@@ -182,11 +190,18 @@ fn checksum(header_aad: &[u8], ciphertext_hex: &str) -> String {
 }
 
 /// Encrypts and writes the keystore atomically (0600).
-pub fn write(path: &Path, passphrase: &str, kind: KeystoreKind, identity: Option<PublicKey>, secrets: &Secrets) -> Result<()> {
+pub fn write(
+    path: &Path,
+    passphrase: &str,
+    kdf: KdfParams,
+    kind: KeystoreKind,
+    identity: Option<PublicKey>,
+    secrets: &Secrets,
+) -> Result<()> {
     if passphrase.is_empty() {
         return Err(IdentityError::InvalidArgument("keystore passphrase must not be empty".into()));
     }
-    let kdf = KdfParams::default_for_new();
+    kdf.validate()?;
     let mut salt = [0u8; 16];
     let mut nonce = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut salt);
@@ -251,6 +266,7 @@ pub fn info(path: &Path) -> Result<KeystoreInfo> {
     let file = read_file(path)?;
     Ok(KeystoreInfo {
         kind: file.header.kind,
+        kdf: file.header.kdf,
         identity: file.header.identity_public_key,
         device: file.header.device_public_key,
     })
@@ -281,6 +297,7 @@ pub fn open(path: &Path, passphrase: &str) -> Result<(KeystoreInfo, Secrets)> {
     Ok((
         KeystoreInfo {
             kind: header.kind,
+            kdf: header.kdf,
             identity: header.identity_public_key,
             device: header.device_public_key,
         },
@@ -307,7 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore.json");
         let secrets = sample();
-        write(&path, "correct horse", KeystoreKind::Root, None, &secrets).unwrap();
+        write(&path, "correct horse", KdfParams::STRONG, KeystoreKind::Root, None, &secrets).unwrap();
         let (info, opened) = open(&path, "correct horse").unwrap();
         assert_eq!(info.kind, KeystoreKind::Root);
         assert_eq!(opened.device.public_key(), secrets.device.public_key());
@@ -323,7 +340,7 @@ mod tests {
     fn truncated_and_tampered_files_are_corrupted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore.json");
-        write(&path, "pw", KeystoreKind::Root, None, &sample()).unwrap();
+        write(&path, "pw", KdfParams::INSECURE_FAST, KeystoreKind::Root, None, &sample()).unwrap();
         let good = std::fs::read(&path).unwrap();
         std::fs::write(&path, &good[..good.len() / 2]).unwrap();
         assert!(matches!(open(&path, "pw"), Err(IdentityError::Corrupted(_))));
@@ -338,7 +355,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore.json");
         assert!(matches!(
-            write(&path, "", KeystoreKind::Root, None, &sample()),
+            write(&path, "", KdfParams::INSECURE_FAST, KeystoreKind::Root, None, &sample()),
             Err(IdentityError::InvalidArgument(_))
         ));
         assert!(!path.exists());

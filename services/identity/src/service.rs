@@ -1,6 +1,7 @@
 //! The identity service itself: setting up an identity (new words, restored words, or a link from
 //! another device), and the [`IdentityApi`] implementation over the unlocked keystore.
 
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -13,7 +14,7 @@ use crate::api::*;
 use crate::error::{IdentityError, Result};
 use crate::ids::{printable_id, search_code};
 use crate::keys::{Context, IDENTITY_PATH, PublicKey, SecretKey, identity_key_from_seed, verify_batch};
-use crate::keystore::{self, KeystoreKind, RootSecret, Secrets};
+use crate::keystore::{self, KdfParams, KeystoreKind, RootSecret, Secrets};
 use crate::link::{LinkRequest, decode_approval, encode_approval};
 use crate::records::{
     Delegation, DeviceAttestation, MAX_NAME_LEN, Profile, ProfileUpdate, RevocationList, check_text, now,
@@ -43,7 +44,6 @@ impl Paths {
 }
 
 /// Options for creating an identity on this device.
-#[derive(Default)]
 pub struct SetupOptions {
     /// This device's name, shown in device lists.
     pub device_name: String,
@@ -51,6 +51,19 @@ pub struct SetupOptions {
     pub bip39_passphrase: Zeroizing<String>,
     /// Replace an existing identity (its files are kept as `*.replaced-<time>`).
     pub force: bool,
+    /// Key-stretching cost of the new keystore.
+    pub kdf: KdfParams,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        Self {
+            device_name: String::new(),
+            bip39_passphrase: Zeroizing::new(String::new()),
+            force: false,
+            kdf: KdfParams::STRONG,
+        }
+    }
 }
 
 /// A new identity and the words that restore it (to be shown to the user once).
@@ -175,7 +188,7 @@ impl IdentityService {
         let state = State::new(Some(attestation.clone()));
         state.save(&paths.state)?;
         let secrets = Secrets { root: Some(root), device: device_key };
-        keystore::write(&paths.keystore, passphrase, KeystoreKind::Root, Some(identity_key.public_key()), &secrets)?;
+        keystore::write(&paths.keystore, passphrase, options.kdf, KeystoreKind::Root, Some(identity_key.public_key()), &secrets)?;
         Ok(Self {
             paths,
             identity: identity_key.public_key(),
@@ -188,19 +201,20 @@ impl IdentityService {
 
     /// Starts linking this device to an identity held by another device: returns the request to
     /// carry to that device. Calling it again returns the same request.
-    pub fn begin_link(home: &Home, passphrase: &str, device_name: &str, force: bool) -> Result<LinkRequest> {
+    pub fn begin_link(home: &Home, passphrase: &str, options: SetupOptions) -> Result<LinkRequest> {
+        let device_name = options.device_name.as_str();
         check_device_name(device_name)?;
         let paths = Paths::new(home);
-        if paths.keystore.exists() && keystore::info(&paths.keystore)?.kind == KeystoreKind::Pending && !force {
+        if paths.keystore.exists() && keystore::info(&paths.keystore)?.kind == KeystoreKind::Pending && !options.force {
             let (info, _) = keystore::open(&paths.keystore, passphrase)?;
             return LinkRequest::new(info.device, device_name);
         }
         let device_key = SecretKey::generate();
         let request = LinkRequest::new(device_key.public_key(), device_name)?;
-        prepare_to_write(&paths, force)?;
+        prepare_to_write(&paths, options.force)?;
         State::new(None).save(&paths.state)?;
         let secrets = Secrets { root: None, device: device_key };
-        keystore::write(&paths.keystore, passphrase, KeystoreKind::Pending, None, &secrets)?;
+        keystore::write(&paths.keystore, passphrase, options.kdf, KeystoreKind::Pending, None, &secrets)?;
         Ok(request)
     }
 
@@ -221,7 +235,7 @@ impl IdentityService {
         }
         let state = State::new(Some(attestation.clone()));
         state.save(&paths.state)?;
-        keystore::write(&paths.keystore, passphrase, KeystoreKind::Linked, Some(attestation.identity), &secrets)?;
+        keystore::write(&paths.keystore, passphrase, info.kdf, KeystoreKind::Linked, Some(attestation.identity), &secrets)?;
         Ok(Self {
             paths,
             identity: attestation.identity,
@@ -472,14 +486,15 @@ impl IdentityApi for IdentityService {
                 return Err(IdentityError::WrongIdentity("revocation list belongs to another identity".into()));
             }
             list.verify()?;
-            if list.is_revoked(&attestation.device) {
+            let revoked = list.is_revoked(&attestation.device);
+            // Learn a newer list; an older or conflicting one is simply not kept.
+            let _ = self.update_state(|state| Self::merge_revocations(state, list.clone()));
+            if revoked {
                 return Err(IdentityError::Revoked(format!(
                     "device {} was revoked by its identity (revocation list version {})",
                     attestation.device, list.version
                 )));
             }
-            // Learn a newer list; an older or conflicting one is simply not kept.
-            let _ = self.update_state(|state| Self::merge_revocations(state, list));
         }
         self.check_not_revoked(&self.lock_state(), &attestation)
     }
@@ -527,10 +542,10 @@ impl IdentityApi for IdentityService {
         })
     }
 
-    async fn delegate(&self, scope: String, ttl_seconds: Option<u64>) -> Result<DelegatedKey> {
+    async fn delegate(&self, scope: String, ttl_seconds: Option<NonZeroU64>) -> Result<DelegatedKey> {
         let scope_ctx = Context::new(&scope)?;
-        let ttl = ttl_seconds.unwrap_or(DEFAULT_DELEGATION_TTL);
-        if ttl == 0 || ttl > MAX_DELEGATION_TTL {
+        let ttl = ttl_seconds.map_or(DEFAULT_DELEGATION_TTL, NonZeroU64::get);
+        if ttl > MAX_DELEGATION_TTL {
             return Err(IdentityError::InvalidArgument(format!(
                 "delegation lifetime must be 1 to {MAX_DELEGATION_TTL} seconds"
             )));

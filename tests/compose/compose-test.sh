@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# End-to-end test of deployment mode 3: Kith's services under Docker Compose, from one image.
+#
+#   bash tests/compose/compose-test.sh [KITH_BINARY]     (default: target/debug/kith)
+#
+# 1. builds kith:local from KITH_BINARY with docker/build-local-image.sh (no registry needed);
+# 2. creates an identity on the host with `kith init` in a temporary data dir;
+# 3. starts compose.yaml under a unique project name, with that data dir bind-mounted and the
+#    passphrase as a compose secret, identity published on a free 127.0.0.1 port;
+# 4. waits for the container's healthcheck to report healthy;
+# 5. from the host, over TCP with the bearer-token cookie the container wrote: `id show` (same
+#    identity as init), `id sign` from stdin (a signature that `id verify` accepts), and a call
+#    with a wrong token, which must fail as unauthenticated;
+# 6. always tears the project down (`down -v`), printing the containers' logs on failure.
+#
+# Needs: docker with `docker compose` or `docker-compose`. Exits non-zero on any failure.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+started=$SECONDS
+
+log() { printf 'compose-test: %s\n' "$*"; }
+fail() {
+    printf 'compose-test: FAIL: %s\n' "$*" >&2
+    exit 1
+}
+
+binary=${1:-$root/target/debug/kith}
+[[ -f $binary && -x $binary ]] || fail "no kith binary at $binary (build it with: cargo build -p kith)"
+binary=$(cd "$(dirname "$binary")" && pwd)/$(basename "$binary")
+
+command -v docker >/dev/null || fail "docker not found"
+if docker compose version >/dev/null 2>&1; then
+    compose_cmd=(docker compose)
+elif command -v docker-compose >/dev/null; then
+    compose_cmd=(docker-compose)
+else
+    fail "neither 'docker compose' nor 'docker-compose' is available"
+fi
+docker info >/dev/null 2>&1 || fail "the docker daemon is not reachable"
+
+# --- the image ----------------------------------------------------------------------------------
+export KITH_IMAGE=kith:local
+bash "$root/docker/build-local-image.sh" "$binary" || fail "building $KITH_IMAGE failed"
+
+# --- a data dir with an identity, made on the host ----------------------------------------------
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/kith-compose.XXXXXX")
+project=kith-ci-$$
+compose() { "${compose_cmd[@]}" --project-directory "$root" -f "$root/compose.yaml" -p "$project" "$@"; }
+
+up=0
+cleanup() {
+    local status=$?
+    set +e
+    if [[ $up == 1 ]]; then
+        if [[ $status != 0 ]]; then
+            echo "---- docker compose ps ----" >&2
+            compose ps >&2
+            echo "---- docker compose logs ----" >&2
+            compose logs --no-color --timestamps >&2
+            echo "---- end of logs ----" >&2
+        fi
+        compose down -v --remove-orphans >/dev/null 2>&1 || echo "compose-test: warning: 'down -v' failed for project $project" >&2
+    fi
+    rm -rf "$tmp"
+    if [[ $status == 0 ]]; then
+        log "PASS in $((SECONDS - started))s"
+    else
+        log "FAILED after $((SECONDS - started))s (exit $status)" >&2
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+data=$tmp/data
+mkdir -m 0700 "$data" "$tmp/secrets"
+passfile=$tmp/secrets/passphrase
+(umask 077 && printf 'compose-test %s %s\n' "$$" "$RANDOM$RANDOM" >"$passfile")
+
+# The 24 words go to stderr in --json mode: keep them out of the CI log (throwaway identity anyway).
+if ! KITH_INSECURE_FAST_KDF=1 KITH_PASSPHRASE_FILE=$passfile \
+    "$binary" --home "$data" init --name compose --json >"$tmp/init.json" 2>"$tmp/init.err"; then
+    fail "kith init failed: $(grep -v -i -E 'words|mnemonic' "$tmp/init.err" | head -5)"
+fi
+
+# json_get FILE KEY: a top-level string field of a JSON document.
+json_get() {
+    if command -v jq >/dev/null; then
+        jq -er --arg k "$2" '.[$k] // empty | strings' "$1" 2>/dev/null || true
+    else
+        python3 -c 'import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print(v if isinstance(v,str) else "")' "$1" "$2" 2>/dev/null || true
+    fi
+}
+
+identity_key=$(json_get "$tmp/init.json" identity_public_key)
+[[ $identity_key =~ ^[0-9a-f]{64}$ ]] || fail "kith init --json gave no identity_public_key: $(head -c 300 "$tmp/init.json")"
+log "created identity $identity_key on the host"
+
+# --- a free port on 127.0.0.1 -------------------------------------------------------------------
+free_port() {
+    if command -v python3 >/dev/null; then
+        python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+        return
+    fi
+    local port
+    for _ in $(seq 1 50); do
+        port=$((20000 + RANDOM % 20000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return
+        fi
+    done
+    return 1
+}
+port=$(free_port) || fail "found no free port"
+
+# --- compose up ---------------------------------------------------------------------------------
+export KITH_DATA_DIR=$data
+export KITH_PASSPHRASE_FILE_HOST=$passfile
+export KITH_IDENTITY_PORT=$port
+export KITH_UID=$(id -u) KITH_GID=$(id -g)
+export KITH_HEALTHCHECK_INTERVAL=1s
+export KITH_LOG=info
+
+log "starting project $project (${compose_cmd[*]}), identity on 127.0.0.1:$port"
+up=1
+compose up -d --no-build || fail "compose up failed"
+
+cid=$(compose ps -q identity)
+[[ -n $cid ]] || fail "compose ps shows no identity container"
+
+deadline=$((SECONDS + 60))
+while :; do
+    state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}} {{.RestartCount}}' "$cid") ||
+        fail "docker inspect $cid failed"
+    read -r status health restarts <<<"$state"
+    [[ $health == healthy ]] && break
+    [[ $health == no-healthcheck ]] && fail "the identity container has no healthcheck"
+    ((restarts < 3)) || fail "the identity container keeps restarting ($restarts restarts, state $status)"
+    ((SECONDS < deadline)) || fail "the identity container is not healthy after 60s (state $status, health $health)"
+    sleep 1
+done
+log "identity container is healthy after $((SECONDS - deadline + 60))s"
+
+published=$(docker port "$cid" 7001/tcp)
+[[ $published == "127.0.0.1:$port" ]] || fail "port 7001 is published as '$published', expected only 127.0.0.1:$port"
+
+cookie=$data/run/identity.cookie
+[[ -f $cookie ]] || fail "the service wrote no cookie at $cookie"
+mode=$(stat -c %a "$cookie")
+[[ $mode == 600 ]] || fail "cookie $cookie has mode $mode, expected 600"
+
+# --- calls from the host over gRPC --------------------------------------------------------------
+endpoint=tcp://127.0.0.1:$port
+kith() { "$binary" --home "$data" --endpoint "$endpoint" "$@"; }
+
+kith --token-file "$cookie" health --service identity >/dev/null 2>"$tmp/health.err" ||
+    fail "kith health from the host failed: $(cat "$tmp/health.err")"
+
+kith --token-file "$cookie" --json id show >"$tmp/show.json" 2>"$tmp/show.err" ||
+    fail "kith id show over $endpoint failed: $(cat "$tmp/show.err")"
+shown=$(json_get "$tmp/show.json" identity_public_key)
+[[ $shown == "$identity_key" ]] || fail "id show returned identity_public_key '$shown', expected '$identity_key'"
+log "id show over TCP: identity matches"
+
+message="compose test message $$"
+printf '%s' "$message" | kith --token-file "$cookie" --json id sign --context ci/compose - \
+    >"$tmp/sign.json" 2>"$tmp/sign.err" ||
+    fail "kith id sign over $endpoint failed: $(cat "$tmp/sign.err")"
+signature=$(json_get "$tmp/sign.json" signature)
+signer=$(json_get "$tmp/sign.json" public_key)
+[[ $signature =~ ^[0-9a-f]{128}$ ]] || fail "id sign returned no 64-byte hex signature: $(head -c 300 "$tmp/sign.json")"
+# Verified locally (no --endpoint): the signature must hold over exactly the bytes sent on stdin.
+printf '%s' "$message" | "$binary" --home "$tmp/empty-home" id verify --context ci/compose \
+    --public-key "$signer" --signature "$signature" - >/dev/null 2>"$tmp/verify.err" ||
+    fail "the signature from the container does not verify: $(cat "$tmp/verify.err")"
+log "id sign over TCP: signature by $signer verifies"
+
+# A wrong credential: a well-formed token (64 hex, 0600) that is not the service's.
+bad=$tmp/bad.cookie
+(umask 077 && printf '%064x\n' 0 >"$bad")
+[[ $(tr -d '\n' <"$bad") != "$(tr -d '\n' <"$cookie")" ]] || fail "the generated wrong token equals the real one"
+if kith --token-file "$bad" --json id show >"$tmp/bad.out" 2>"$tmp/bad.err"; then
+    fail "id show with a wrong token succeeded: $(head -c 300 "$tmp/bad.out")"
+fi
+grep -q -i -E 'unauthenticated|credential' "$tmp/bad.err" ||
+    fail "id show with a wrong token failed without naming the credential: $(cat "$tmp/bad.err")"
+[[ $(grep -c . "$tmp/bad.err") == 1 ]] || fail "the error for a wrong token is not one line: $(cat "$tmp/bad.err")"
+log "a wrong token is refused: $(cat "$tmp/bad.err")"
