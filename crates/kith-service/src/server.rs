@@ -322,6 +322,15 @@ pub struct ServerHandle {
     health: tonic_health::server::HealthReporter,
 }
 
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("service", &self.name)
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServerHandle {
     /// The bound endpoints, with real ports for `tcp://…:0` listeners.
     pub fn endpoints(&self) -> &[Endpoint] {

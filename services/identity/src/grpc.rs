@@ -201,7 +201,9 @@ impl RemoteIdentity {
         Self {
             client: GrpcClient::new(connection.channel())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                // No client-side cap: the server enforces its limit and answers with a typed
+                // `TooLarge` error, the same one a local caller gets.
+                .max_encoding_message_size(usize::MAX),
         }
     }
 
