@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["kith/common/v1/common.proto", "kith/identity/v1/identity.proto"];
+const PROTOS: &[&str] = &[
+    "kith/common/v1/common.proto",
+    "kith/identity/v1/identity.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");

@@ -53,7 +53,10 @@ impl Ctx {
     }
 
     fn token(&self, service: &str) -> anyhow::Result<Token> {
-        let path = self.token_file.clone().unwrap_or_else(|| self.home.cookie(service));
+        let path = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.home.cookie(service));
         Token::read_cookie(&path).context("load the service credential (use --token-file)")
     }
 

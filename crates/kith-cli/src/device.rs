@@ -57,9 +57,14 @@ fn entry_json(entry: &DeviceEntry) -> serde_json::Value {
 
 pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
     match cmd {
-        DeviceCommand::Link { name, finish: None, force } => {
+        DeviceCommand::Link {
+            name,
+            finish: None,
+            force,
+        } => {
             let passphrase = ctx.passphrase(true)?;
-            let request = IdentityService::begin_link(&ctx.home, &passphrase, options(name, force))?;
+            let request =
+                IdentityService::begin_link(&ctx.home, &passphrase, options(name, force))?;
             let code = request.encode();
             emit(
                 ctx.json,
@@ -71,16 +76,27 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
                 },
             );
         }
-        DeviceCommand::Link { finish: Some(approval), .. } => {
+        DeviceCommand::Link {
+            finish: Some(approval),
+            ..
+        } => {
             let passphrase = ctx.passphrase(false)?;
             let service = IdentityService::finish_link(&ctx.home, &passphrase, &approval)?;
             let info = service.show().await?;
             print_created(ctx, &info, None);
         }
-        DeviceCommand::Approve { code, expires_in_days } => {
+        DeviceCommand::Approve {
+            code,
+            expires_in_days,
+        } => {
             let request = LinkRequest::decode(&code)?;
-            let expires_at = expires_in_days.map(|days| kith_identity::records::now() + days * 86_400);
-            let approval = ctx.identity().await?.approve_link(request, expires_at).await?;
+            let expires_at =
+                expires_in_days.map(|days| kith_identity::records::now() + days * 86_400);
+            let approval = ctx
+                .identity()
+                .await?
+                .approve_link(request, expires_at)
+                .await?;
             let att = &approval.attestation;
             emit(
                 ctx.json,
@@ -131,7 +147,12 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
             emit(
                 ctx.json,
                 json!({ "revoked": device.to_hex(), "revocation_version": list.version }),
-                || format!("revoked {device} (revocation list version {})", list.version),
+                || {
+                    format!(
+                        "revoked {device} (revocation list version {})",
+                        list.version
+                    )
+                },
             );
         }
     }
@@ -139,7 +160,10 @@ pub async fn run(ctx: &Ctx, cmd: DeviceCommand) -> anyhow::Result<()> {
 }
 
 /// A full hex key, or a unique prefix (at least 8 characters) of a listed device.
-async fn resolve_device(client: &kith_identity::IdentityClient, text: &str) -> anyhow::Result<PublicKey> {
+async fn resolve_device(
+    client: &kith_identity::IdentityClient,
+    text: &str,
+) -> anyhow::Result<PublicKey> {
     let text = text.trim().to_ascii_lowercase();
     if text.len() == 64 {
         return Ok(PublicKey::from_hex(&text)?);
@@ -156,6 +180,9 @@ async fn resolve_device(client: &kith_identity::IdentityClient, text: &str) -> a
     match matches.as_slice() {
         [one] => Ok(one.attestation.device),
         [] => anyhow::bail!("no listed device starts with {text}"),
-        _ => anyhow::bail!("{} devices start with {text}; give more characters", matches.len()),
+        _ => anyhow::bail!(
+            "{} devices start with {text}; give more characters",
+            matches.len()
+        ),
     }
 }

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use kith_identity::KeyKind;
 use kith_identity::api::{MAX_SIGN_MESSAGE, VerifyItem};
 use kith_identity::ids::{parse_id, safety_number};
 use kith_identity::keys::{Context, Signature};
-use kith_identity::KeyKind;
 use serde_json::json;
 
 use crate::context::Ctx;
@@ -59,7 +59,10 @@ fn read_message(file: &PathBuf) -> anyhow::Result<Bytes> {
     let mut buf = Vec::new();
     let limit = MAX_SIGN_MESSAGE as u64 + 1;
     if file.as_os_str() == "-" {
-        std::io::stdin().take(limit).read_to_end(&mut buf).context("read stdin")?;
+        std::io::stdin()
+            .take(limit)
+            .read_to_end(&mut buf)
+            .context("read stdin")?;
     } else {
         std::fs::File::open(file)
             .with_context(|| format!("open {}", file.display()))?
@@ -96,7 +99,11 @@ pub async fn run(ctx: &Ctx, cmd: IdCommand) -> anyhow::Result<()> {
                         info.identity.to_hex(),
                         info.device.to_hex(),
                         info.attestation.name,
-                        if info.holds_identity_secret { "yes" } else { "no (linked device)" }
+                        if info.holds_identity_secret {
+                            "yes"
+                        } else {
+                            "no (linked device)"
+                        }
                     )
                 },
             );
@@ -109,7 +116,11 @@ pub async fn run(ctx: &Ctx, cmd: IdCommand) -> anyhow::Result<()> {
                 Some(KeyArg::Identity) => KeyKind::Identity,
                 Some(KeyArg::Device) => KeyKind::Device,
             };
-            let signed = ctx.identity().await?.sign(key, context.clone(), message).await?;
+            let signed = ctx
+                .identity()
+                .await?
+                .sign(key, context.clone(), message)
+                .await?;
             emit(
                 ctx.json,
                 json!({
@@ -121,7 +132,12 @@ pub async fn run(ctx: &Ctx, cmd: IdCommand) -> anyhow::Result<()> {
                 || signed.signature.to_hex(),
             );
         }
-        IdCommand::Verify { context, public_key, signature, file } => {
+        IdCommand::Verify {
+            context,
+            public_key,
+            signature,
+            file,
+        } => {
             let item = VerifyItem {
                 public_key: parse_id(&public_key)?,
                 context: Context::new(&context)?,
@@ -132,16 +148,26 @@ pub async fn run(ctx: &Ctx, cmd: IdCommand) -> anyhow::Result<()> {
             };
             // Verification needs no secret: do it here unless a service is already running.
             match ctx.connection(kith_identity::daemon::SERVICE)? {
-                Some(conn) => kith_identity::IdentityClient::connect(conn).verify(item).await?,
-                None => item.public_key.verify(&item.context, &item.message, &item.signature)?,
+                Some(conn) => {
+                    kith_identity::IdentityClient::connect(conn)
+                        .verify(item)
+                        .await?
+                }
+                None => item
+                    .public_key
+                    .verify(&item.context, &item.message, &item.signature)?,
             }
-            emit(ctx.json, json!({ "valid": true }), || "signature is valid".into());
+            emit(ctx.json, json!({ "valid": true }), || {
+                "signature is valid".into()
+            });
         }
         IdCommand::SafetyNumber { other } => {
             let other = parse_id(&other)?;
             let mine = ctx.identity().await?.show().await?.identity;
             let number = safety_number(&mine, &other);
-            emit(ctx.json, json!({ "safety_number": number }), || number.clone());
+            emit(ctx.json, json!({ "safety_number": number }), || {
+                number.clone()
+            });
         }
     }
     Ok(())

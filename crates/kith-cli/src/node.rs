@@ -44,7 +44,10 @@ pub struct HealthArgs {
 async fn open_identity(ctx: &Ctx, create: bool) -> anyhow::Result<IdentityService> {
     let keystore = ctx.home.service_dir(IDENTITY).join("keystore.json");
     if create && !keystore.exists() {
-        eprintln!("no identity in {} yet: creating one", ctx.home.root().display());
+        eprintln!(
+            "no identity in {} yet: creating one",
+            ctx.home.root().display()
+        );
         let passphrase = ctx.passphrase(true)?;
         let created = IdentityService::init(&ctx.home, &passphrase, options(None, false))?;
         let info = created.service.show().await?;
@@ -52,7 +55,10 @@ async fn open_identity(ctx: &Ctx, create: bool) -> anyhow::Result<IdentityServic
             print_created(ctx, &info, Some(&created.mnemonic));
         } else {
             // In JSON mode the words go to stderr so stdout stays one machine-readable stream.
-            eprintln!("your 24 words (write them down; they are not shown again): {}", created.mnemonic.as_str());
+            eprintln!(
+                "your 24 words (write them down; they are not shown again): {}",
+                created.mnemonic.as_str()
+            );
         }
         return Ok(created.service);
     }
@@ -64,18 +70,23 @@ async fn serve_until_signal(ctx: &Ctx, servers: Vec<(&'static str, ServerHandle)
     let services: serde_json::Map<String, serde_json::Value> = servers
         .iter()
         .map(|(name, handle)| {
-            let endpoints: Vec<String> = handle.endpoints().iter().map(ToString::to_string).collect();
+            let endpoints: Vec<String> =
+                handle.endpoints().iter().map(ToString::to_string).collect();
             (name.to_string(), json!(endpoints))
         })
         .collect();
-    emit(ctx.json, json!({ "event": "ready", "id": id, "services": services }), || {
-        let mut out = format!("node up: {id}\n");
-        for (name, endpoints) in &services {
-            out.push_str(&format!("  {name:<10} {}\n", endpoints));
-        }
-        out.push_str("press Ctrl-C to stop");
-        out
-    });
+    emit(
+        ctx.json,
+        json!({ "event": "ready", "id": id, "services": services }),
+        || {
+            let mut out = format!("node up: {id}\n");
+            for (name, endpoints) in &services {
+                out.push_str(&format!("  {name:<10} {}\n", endpoints));
+            }
+            out.push_str("press Ctrl-C to stop");
+            out
+        },
+    );
     kith_service::shutdown_signal().await;
     // Shut down in reverse start order: dependants before what they depend on.
     for (_, server) in servers.into_iter().rev() {
@@ -85,7 +96,9 @@ async fn serve_until_signal(ctx: &Ctx, servers: Vec<(&'static str, ServerHandle)
 
 pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
     kith_service::init_tracing("warn");
-    let NodeCommand::Up { identity: identity_args } = cmd;
+    let NodeCommand::Up {
+        identity: identity_args,
+    } = cmd;
     let identity = Arc::new(open_identity(ctx, true).await?);
     let id = identity.show().await?.id;
     let listen = identity_args.listeners(&ctx.home)?;
@@ -118,16 +131,37 @@ fn grpc_service_name(service: &str) -> anyhow::Result<&'static str> {
 
 pub async fn health(ctx: &Ctx, args: HealthArgs) -> anyhow::Result<()> {
     let name = grpc_service_name(&args.service)?;
-    let connection = ctx
-        .connection(&args.service)?
-        .with_context(|| format!("{} is not running (no socket at {})", args.service, ctx.home.socket(&args.service).display()))?;
-    let serving = tokio::time::timeout(Duration::from_secs(5), kith_service::health_check(&connection, name))
-        .await
-        .context("health check timed out")?
-        .map_err(|s| anyhow::anyhow!("{}: {}", format!("{:?}", s.code()).to_lowercase(), s.message()))?;
-    emit(ctx.json, json!({ "service": args.service, "serving": serving }), || {
-        format!("{}: {}", args.service, if serving { "serving" } else { "not serving" })
-    });
+    let connection = ctx.connection(&args.service)?.with_context(|| {
+        format!(
+            "{} is not running (no socket at {})",
+            args.service,
+            ctx.home.socket(&args.service).display()
+        )
+    })?;
+    let serving = tokio::time::timeout(
+        Duration::from_secs(5),
+        kith_service::health_check(&connection, name),
+    )
+    .await
+    .context("health check timed out")?
+    .map_err(|s| {
+        anyhow::anyhow!(
+            "{}: {}",
+            format!("{:?}", s.code()).to_lowercase(),
+            s.message()
+        )
+    })?;
+    emit(
+        ctx.json,
+        json!({ "service": args.service, "serving": serving }),
+        || {
+            format!(
+                "{}: {}",
+                args.service,
+                if serving { "serving" } else { "not serving" }
+            )
+        },
+    );
     if !serving {
         anyhow::bail!("{} is not serving", args.service);
     }

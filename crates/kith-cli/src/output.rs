@@ -5,7 +5,10 @@ use serde_json::Value;
 /// Prints `value` as JSON, or `text` (already formatted) for people.
 pub fn emit(json: bool, value: Value, text: impl FnOnce() -> String) {
     if json {
-        println!("{}", serde_json::to_string_pretty(&value).expect("json value serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("json value serialises")
+        );
     } else {
         let text = text();
         if !text.is_empty() {
@@ -19,7 +22,12 @@ pub fn time(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.

@@ -62,7 +62,8 @@ pub async fn run(ctx: &Ctx, cmd: ProfileCommand) -> anyhow::Result<()> {
             };
             let avatar_hash = match avatar {
                 Some(path) => {
-                    let bytes = std::fs::read(&path).with_context(|| format!("read avatar {}", path.display()))?;
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("read avatar {}", path.display()))?;
                     Some(*blake3::hash(&bytes).as_bytes())
                 }
                 None => current.as_ref().and_then(|p| p.avatar_hash),
@@ -71,7 +72,9 @@ pub async fn run(ctx: &Ctx, cmd: ProfileCommand) -> anyhow::Result<()> {
                 display_name: name
                     .or_else(|| current.as_ref().map(|p| p.display_name.clone()))
                     .unwrap_or_default(),
-                bio: bio.or_else(|| current.as_ref().map(|p| p.bio.clone())).unwrap_or_default(),
+                bio: bio
+                    .or_else(|| current.as_ref().map(|p| p.bio.clone()))
+                    .unwrap_or_default(),
                 avatar_hash,
             };
             client.set_profile(update).await?

@@ -62,7 +62,11 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn print_created(ctx: &Ctx, info: &kith_identity::api::IdentityInfo, mnemonic: Option<&Zeroizing<String>>) {
+pub fn print_created(
+    ctx: &Ctx,
+    info: &kith_identity::api::IdentityInfo,
+    mnemonic: Option<&Zeroizing<String>>,
+) {
     let mut value = json!({
         "id": info.id,
         "identity_public_key": info.identity.to_hex(),
@@ -100,7 +104,12 @@ pub fn print_created(ctx: &Ctx, info: &kith_identity::api::IdentityInfo, mnemoni
 pub async fn restore(ctx: &Ctx, args: RestoreArgs) -> anyhow::Result<()> {
     let words = read_words()?;
     let passphrase = ctx.passphrase(true)?;
-    let service = IdentityService::restore(&ctx.home, &passphrase, &words, options(args.name, args.force))?;
+    let service = IdentityService::restore(
+        &ctx.home,
+        &passphrase,
+        &words,
+        options(args.name, args.force),
+    )?;
     let info = service.show().await?;
     print_created(ctx, &info, None);
     Ok(())
@@ -111,7 +120,9 @@ fn read_words() -> anyhow::Result<Zeroizing<String>> {
     let mut words = Zeroizing::new(String::new());
     if std::io::stdin().is_terminal() {
         eprintln!("enter your 24 words, then press Enter:");
-        std::io::stdin().read_line(&mut words).context("read words")?;
+        std::io::stdin()
+            .read_line(&mut words)
+            .context("read words")?;
     } else {
         std::io::stdin()
             .take(4096)

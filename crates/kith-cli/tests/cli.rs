@@ -26,7 +26,12 @@ impl Run {
     /// A failure: non-zero exit and exactly one line on stderr.
     fn error(&self) -> &str {
         assert_ne!(self.code, 0, "expected failure, stdout: {}", self.stdout);
-        assert_eq!(self.stderr.lines().count(), 1, "one error line: {:?}", self.stderr);
+        assert_eq!(
+            self.stderr.lines().count(),
+            1,
+            "one error line: {:?}",
+            self.stderr
+        );
         assert!(self.stderr.starts_with("error: "), "{}", self.stderr);
         self.stderr.trim_end()
     }
@@ -54,7 +59,11 @@ fn run_with(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Run {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let Output { status, stdout, stderr } = child.wait_with_output().unwrap();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = child.wait_with_output().unwrap();
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8(stdout).unwrap(),
@@ -93,10 +102,23 @@ fn init_show_sign_and_independent_verification() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("alice");
     let init = kith(&home, &["--json", "init", "--name", "laptop"]).json();
-    for field in ["id", "identity_public_key", "device_public_key", "derivation_path", "mnemonic"] {
+    for field in [
+        "id",
+        "identity_public_key",
+        "device_public_key",
+        "derivation_path",
+        "mnemonic",
+    ] {
         assert!(init[field].is_string(), "missing {field}: {init}");
     }
-    assert_eq!(init["mnemonic"].as_str().unwrap().split_whitespace().count(), 24);
+    assert_eq!(
+        init["mnemonic"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        24
+    );
     assert_eq!(init["derivation_path"], "m/5484'/0'/0'");
     let show = kith(&home, &["--json", "id", "show"]).json();
     assert_eq!(show["identity_public_key"], init["identity_public_key"]);
@@ -107,9 +129,26 @@ fn init_show_sign_and_independent_verification() {
     // `signed_bytes` binds the context and the message.
     let file = dir.path().join("message.txt");
     std::fs::write(&file, b"meet at noon").unwrap();
-    let signed = kith(&home, &["--json", "id", "sign", "--context", "chat/invite", file.to_str().unwrap()]).json();
-    let public: [u8; 32] = hex::decode(signed["public_key"].as_str().unwrap()).unwrap().try_into().unwrap();
-    let signature: [u8; 64] = hex::decode(signed["signature"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let signed = kith(
+        &home,
+        &[
+            "--json",
+            "id",
+            "sign",
+            "--context",
+            "chat/invite",
+            file.to_str().unwrap(),
+        ],
+    )
+    .json();
+    let public: [u8; 32] = hex::decode(signed["public_key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let signature: [u8; 64] = hex::decode(signed["signature"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
     let signed_bytes = hex::decode(signed["signed_bytes"].as_str().unwrap()).unwrap();
     VerifyingKey::from_bytes(&public)
         .unwrap()
@@ -125,25 +164,94 @@ fn init_show_sign_and_independent_verification() {
     // Verify through the CLI, from stdin too; a wrong context or altered message fails.
     let sig = signed["signature"].as_str().unwrap();
     let key = init["id"].as_str().unwrap();
-    let ok = kith_in(&home, &["--json", "id", "verify", "--context", "chat/invite", "--public-key", key, "--signature", sig, "-"], b"meet at noon");
+    let ok = kith_in(
+        &home,
+        &[
+            "--json",
+            "id",
+            "verify",
+            "--context",
+            "chat/invite",
+            "--public-key",
+            key,
+            "--signature",
+            sig,
+            "-",
+        ],
+        b"meet at noon",
+    );
     assert_eq!(ok.json()["valid"], true);
-    let wrong = kith_in(&home, &["id", "verify", "--context", "chat/other", "--public-key", key, "--signature", sig, "-"], b"meet at noon");
-    assert!(wrong.error().contains("does not verify"), "{}", wrong.stderr);
-    let altered = kith_in(&home, &["id", "verify", "--context", "chat/invite", "--public-key", key, "--signature", sig, "-"], b"meet at one");
+    let wrong = kith_in(
+        &home,
+        &[
+            "id",
+            "verify",
+            "--context",
+            "chat/other",
+            "--public-key",
+            key,
+            "--signature",
+            sig,
+            "-",
+        ],
+        b"meet at noon",
+    );
+    assert!(
+        wrong.error().contains("does not verify"),
+        "{}",
+        wrong.stderr
+    );
+    let altered = kith_in(
+        &home,
+        &[
+            "id",
+            "verify",
+            "--context",
+            "chat/invite",
+            "--public-key",
+            key,
+            "--signature",
+            sig,
+            "-",
+        ],
+        b"meet at one",
+    );
     altered.error();
 
     // Reserved contexts, bad contexts and oversized messages are refused.
-    let reserved = kith_in(&home, &["id", "sign", "--context", "kith/profile", "-"], b"x");
+    let reserved = kith_in(
+        &home,
+        &["id", "sign", "--context", "kith/profile", "-"],
+        b"x",
+    );
     assert!(reserved.error().contains("reserved"), "{}", reserved.stderr);
-    kith_in(&home, &["id", "sign", "--context", "Bad Context", "-"], b"x").error();
+    kith_in(
+        &home,
+        &["id", "sign", "--context", "Bad Context", "-"],
+        b"x",
+    )
+    .error();
     let big = vec![b'a'; 1024 * 1024 + 1];
     let too_big = kith_in(&home, &["id", "sign", "--context", "a/b", "-"], &big);
-    assert!(too_big.error().contains("larger than"), "{}", too_big.stderr);
+    assert!(
+        too_big.error().contains("larger than"),
+        "{}",
+        too_big.stderr
+    );
 
     // Safety numbers agree from both sides.
     let bob = dir.path().join("bob");
     let bob_init = kith(&bob, &["--json", "init", "--name", "bob"]).json();
-    let a = kith(&home, &["--json", "id", "safety-number", bob_init["id"].as_str().unwrap()]).json();
+    let a = kith(
+        &home,
+        &[
+            "--json",
+            "id",
+            "safety-number",
+            bob_init["id"].as_str().unwrap(),
+        ],
+    )
+    .json();
     let b = kith(&bob, &["--json", "id", "safety-number", key]).json();
     assert_eq!(a["safety_number"], b["safety_number"]);
 }
@@ -156,21 +264,34 @@ fn restore_gives_the_same_identity_and_bad_words_are_named() {
     let words = init["mnemonic"].as_str().unwrap().to_owned();
 
     let second = dir.path().join("second");
-    let restored = kith_in(&second, &["--json", "restore", "--name", "phone"], words.as_bytes()).json();
+    let restored = kith_in(
+        &second,
+        &["--json", "restore", "--name", "phone"],
+        words.as_bytes(),
+    )
+    .json();
     assert_eq!(restored["identity_public_key"], init["identity_public_key"]);
     assert_ne!(restored["device_public_key"], init["device_public_key"]);
 
     // Refuses to overwrite unless told to; nothing changes on disk when refused.
     let before = snapshot(&second);
     let refused = kith_in(&second, &["restore"], words.as_bytes());
-    assert!(refused.error().contains("already exists"), "{}", refused.stderr);
+    assert!(
+        refused.error().contains("already exists"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(snapshot(&second), before);
 
     let third = dir.path().join("third");
     let mut list: Vec<&str> = words.split_whitespace().collect();
     list[2] = "notaword";
     let wrong_word = kith_in(&third, &["restore"], list.join(" ").as_bytes());
-    assert!(wrong_word.error().contains("word 3 \"notaword\""), "{}", wrong_word.stderr);
+    assert!(
+        wrong_word.error().contains("word 3 \"notaword\""),
+        "{}",
+        wrong_word.stderr
+    );
     let mut list: Vec<&str> = words.split_whitespace().collect();
     list.swap(0, 1);
     if list[0] != list[1] {
@@ -178,7 +299,11 @@ fn restore_gives_the_same_identity_and_bad_words_are_named() {
         assert!(checksum.error().contains("checksum"), "{}", checksum.stderr);
     }
     let short = kith_in(&third, &["restore"], b"abandon abandon");
-    assert!(short.error().contains("expected 24 words"), "{}", short.stderr);
+    assert!(
+        short.error().contains("expected 24 words"),
+        "{}",
+        short.stderr
+    );
     assert!(!third.exists(), "failed restores write nothing");
 
     // --force replaces, keeping the old files aside.
@@ -186,7 +311,13 @@ fn restore_gives_the_same_identity_and_bad_words_are_named() {
     assert_eq!(forced["identity_public_key"], init["identity_public_key"]);
     let aside = std::fs::read_dir(second.join("identity"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("replaced"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("replaced")
+        })
         .count();
     assert_eq!(aside, 2);
 }
@@ -201,7 +332,11 @@ fn wrong_passphrase_and_damaged_keystore_are_clear_errors_that_change_nothing() 
     let mut cmd = kith_cmd(&home);
     cmd.env("KITH_PASSPHRASE", "not the passphrase");
     let wrong = run_with(cmd, &["id", "show"], b"");
-    assert!(wrong.error().contains("wrong passphrase"), "{}", wrong.stderr);
+    assert!(
+        wrong.error().contains("wrong passphrase"),
+        "{}",
+        wrong.stderr
+    );
     let mut cmd = kith_cmd(&home);
     cmd.env("KITH_PASSPHRASE", "not the passphrase");
     run_with(cmd, &["profile", "set", "--name", "x"], b"").error();
@@ -212,28 +347,54 @@ fn wrong_passphrase_and_damaged_keystore_are_clear_errors_that_change_nothing() 
     std::fs::write(&pass_file, format!("{PASS}\n")).unwrap();
     let mut cmd = kith_cmd(&home);
     cmd.env_remove("KITH_PASSPHRASE");
-    let from_file = run_with(cmd, &["--passphrase-file", pass_file.to_str().unwrap(), "--json", "id", "show"], b"");
+    let from_file = run_with(
+        cmd,
+        &[
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+            "--json",
+            "id",
+            "show",
+        ],
+        b"",
+    );
     from_file.json();
 
     let keystore = home.join("identity/keystore.json");
     let good = std::fs::read(&keystore).unwrap();
     std::fs::write(&keystore, &good[..good.len() / 3]).unwrap();
     let truncated = kith(&home, &["id", "show"]);
-    assert!(truncated.error().contains("corrupted"), "{}", truncated.stderr);
+    assert!(
+        truncated.error().contains("corrupted"),
+        "{}",
+        truncated.stderr
+    );
     let mut flipped = good.clone();
     let i = flipped.len() - 100;
     flipped[i] = if flipped[i] == b'a' { b'b' } else { b'a' };
     std::fs::write(&keystore, &flipped).unwrap();
     let corrupted = kith(&home, &["id", "show"]);
-    assert!(corrupted.error().contains("corrupted"), "{}", corrupted.stderr);
+    assert!(
+        corrupted.error().contains("corrupted"),
+        "{}",
+        corrupted.stderr
+    );
     std::fs::write(&keystore, &good).unwrap();
     kith(&home, &["--json", "id", "show"]).json();
 
     let state = home.join("identity/state.json");
     let good_state = std::fs::read_to_string(&state).unwrap();
-    std::fs::write(&state, good_state.replacen("\"name\": \"", "\"name\": \"x", 1)).unwrap();
+    std::fs::write(
+        &state,
+        good_state.replacen("\"name\": \"", "\"name\": \"x", 1),
+    )
+    .unwrap();
     let forged_state = kith(&home, &["id", "show"]);
-    assert!(forged_state.error().contains("corrupted"), "{}", forged_state.stderr);
+    assert!(
+        forged_state.error().contains("corrupted"),
+        "{}",
+        forged_state.stderr
+    );
 }
 
 trait JsonOrOk {
@@ -259,35 +420,80 @@ fn link_approve_list_and_revoke_devices() {
     // A mistyped code is caught by its checksum.
     let mut typo = code.to_owned();
     typo.replace_range(20..21, if &code[20..21] == "q" { "p" } else { "q" });
-    assert!(kith(&desktop, &["device", "approve", &typo]).error().contains("link code is not valid"));
+    assert!(
+        kith(&desktop, &["device", "approve", &typo])
+            .error()
+            .contains("link code is not valid")
+    );
 
     let approval = kith(&desktop, &["--json", "device", "approve", code]).json();
     let approval_code = approval["approval_code"].as_str().unwrap();
-    let finished = kith(&laptop, &["--json", "device", "link", "--finish", approval_code]).json();
+    let finished = kith(
+        &laptop,
+        &["--json", "device", "link", "--finish", approval_code],
+    )
+    .json();
     assert_eq!(finished["identity_public_key"], init["identity_public_key"]);
     let laptop_show = kith(&laptop, &["--json", "id", "show"]).json();
     assert_eq!(laptop_show["holds_identity_secret"], false);
 
     // The laptop signs with its device key; it cannot approve others.
-    let signed = kith_in(&laptop, &["--json", "id", "sign", "--context", "a/b", "-"], b"hi").json();
+    let signed = kith_in(
+        &laptop,
+        &["--json", "id", "sign", "--context", "a/b", "-"],
+        b"hi",
+    )
+    .json();
     assert_eq!(signed["public_key"], link["device_public_key"]);
     let other = dir.path().join("other");
-    let other_code = kith(&other, &["--json", "device", "link"]).json()["link_code"].as_str().unwrap().to_owned();
-    assert!(kith(&laptop, &["device", "approve", &other_code]).error().contains("no identity secret"));
+    let other_code = kith(&other, &["--json", "device", "link"]).json()["link_code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        kith(&laptop, &["device", "approve", &other_code])
+            .error()
+            .contains("no identity secret")
+    );
     // An approval for another device's request is refused.
-    assert!(kith(&other, &["device", "link", "--finish", approval_code]).error().contains("another device"));
+    assert!(
+        kith(&other, &["device", "link", "--finish", approval_code])
+            .error()
+            .contains("another device")
+    );
 
     let list = kith(&desktop, &["--json", "device", "list"]).json();
     assert_eq!(list["devices"].as_array().unwrap().len(), 2);
     let laptop_key = link["device_public_key"].as_str().unwrap();
-    let revoked = kith(&desktop, &["--json", "device", "revoke", &laptop_key[..12], "--reason", "lost"]).json();
+    let revoked = kith(
+        &desktop,
+        &[
+            "--json",
+            "device",
+            "revoke",
+            &laptop_key[..12],
+            "--reason",
+            "lost",
+        ],
+    )
+    .json();
     assert_eq!(revoked["revoked"], laptop_key);
     assert_eq!(revoked["revocation_version"], 1);
     let list = kith(&desktop, &["--json", "device", "list"]).json();
-    let entry = list["devices"].as_array().unwrap().iter().find(|d| d["device_public_key"] == laptop_key).unwrap().clone();
+    let entry = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_public_key"] == laptop_key)
+        .unwrap()
+        .clone();
     assert_eq!(entry["revoked"], true);
     let own = init["device_public_key"].as_str().unwrap();
-    assert!(kith(&desktop, &["device", "revoke", own]).error().contains("device you are on"));
+    assert!(
+        kith(&desktop, &["device", "revoke", own])
+            .error()
+            .contains("device you are on")
+    );
 }
 
 #[test]
@@ -295,19 +501,48 @@ fn profiles_set_and_show() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("alice");
     kith(&home, &["init"]).json_or_ok();
-    assert!(kith(&home, &["profile", "show"]).error().contains("no profile"));
+    assert!(
+        kith(&home, &["profile", "show"])
+            .error()
+            .contains("no profile")
+    );
     let avatar = dir.path().join("avatar.png");
     std::fs::write(&avatar, b"not really a png").unwrap();
-    let set = kith(&home, &["--json", "profile", "set", "--name", "Alice", "--bio", "hi there", "--avatar", avatar.to_str().unwrap()]).json();
+    let set = kith(
+        &home,
+        &[
+            "--json",
+            "profile",
+            "set",
+            "--name",
+            "Alice",
+            "--bio",
+            "hi there",
+            "--avatar",
+            avatar.to_str().unwrap(),
+        ],
+    )
+    .json();
     assert_eq!(set["version"], 1);
-    assert_eq!(set["avatar_hash"], blake3::hash(b"not really a png").to_hex().to_string());
+    assert_eq!(
+        set["avatar_hash"],
+        blake3::hash(b"not really a png").to_hex().to_string()
+    );
     let set2 = kith(&home, &["--json", "profile", "set", "--bio", "new bio"]).json();
     assert_eq!(set2["version"], 2);
     assert_eq!(set2["display_name"], "Alice");
     let show = kith(&home, &["--json", "profile", "show"]).json();
     assert_eq!(show, set2);
-    assert!(kith(&home, &["profile", "set", "--name", &"x".repeat(100)]).error().contains("at most 64"));
-    assert!(kith(&home, &["profile", "show", "kith1notanid"]).error().contains("not valid"));
+    assert!(
+        kith(&home, &["profile", "set", "--name", &"x".repeat(100)])
+            .error()
+            .contains("at most 64")
+    );
+    assert!(
+        kith(&home, &["profile", "show", "kith1notanid"])
+            .error()
+            .contains("not valid")
+    );
 }
 
 struct Node {
@@ -335,7 +570,10 @@ fn start(home: &Path, args: &[&str]) -> (Node, Value) {
     let mut byte = [0u8; 1];
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let ready = loop {
-        assert!(std::time::Instant::now() < deadline, "node did not become ready");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node did not become ready"
+        );
         use std::io::Read;
         let n = stdout.read(&mut byte).unwrap();
         assert!(n > 0, "node exited: {:?}", child.wait_with_output());
@@ -350,7 +588,11 @@ fn start(home: &Path, args: &[&str]) -> (Node, Value) {
 }
 
 fn sigterm(node: &mut Node) -> i32 {
-    Command::new("kill").arg("-TERM").arg(node.child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(node.child.id().to_string())
+        .status()
+        .unwrap();
     node.child.wait().unwrap().code().unwrap_or(-1)
 }
 
@@ -362,7 +604,10 @@ fn node_up_serves_the_cli_over_its_socket() {
     let (mut node, ready) = start(&home, &["--json", "node", "up"]);
     assert_eq!(ready["event"], "ready");
     let socket = home.join("run/identity.sock");
-    assert_eq!(ready["services"]["identity"][0], format!("unix:{}", socket.display()));
+    assert_eq!(
+        ready["services"]["identity"][0],
+        format!("unix:{}", socket.display())
+    );
 
     // With the node up, commands go through its socket: no passphrase needed.
     let mut cmd = kith_cmd(&home);
@@ -379,7 +624,10 @@ fn node_up_serves_the_cli_over_its_socket() {
     assert_eq!(sigterm(&mut node), 0, "clean shutdown on SIGTERM");
     assert!(!socket.exists());
     // The profile set through the node persisted.
-    assert_eq!(kith(&home, &["--json", "profile", "show"]).json()["display_name"], "Node");
+    assert_eq!(
+        kith(&home, &["--json", "profile", "show"]).json()["display_name"],
+        "Node"
+    );
     let down = kith(&home, &["health"]);
     assert!(down.error().contains("not running"), "{}", down.stderr);
 }
@@ -389,22 +637,57 @@ fn serve_identity_over_tcp_requires_the_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("svc");
     kith(&home, &["init"]).json_or_ok();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let endpoint = format!("tcp://127.0.0.1:{port}");
-    let (mut node, ready) = start(&home, &["--json", "serve", "identity", "--listen", &endpoint]);
+    let (mut node, ready) = start(
+        &home,
+        &["--json", "serve", "identity", "--listen", &endpoint],
+    );
     assert_eq!(ready["services"]["identity"][0], endpoint);
     let cookie = home.join("run/identity.cookie");
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cookie).unwrap().permissions()) & 0o777;
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cookie).unwrap().permissions())
+            & 0o777;
     assert_eq!(mode, 0o600);
 
     // From another home (no keystore at all): the endpoint and the cookie are enough.
     let elsewhere = dir.path().join("elsewhere");
-    let remote = kith(&elsewhere, &["--json", "--endpoint", &endpoint, "--token-file", cookie.to_str().unwrap(), "id", "show"]).json();
+    let remote = kith(
+        &elsewhere,
+        &[
+            "--json",
+            "--endpoint",
+            &endpoint,
+            "--token-file",
+            cookie.to_str().unwrap(),
+            "id",
+            "show",
+        ],
+    )
+    .json();
     assert!(remote["id"].as_str().unwrap().starts_with("kith1"));
     let bad_token = dir.path().join("bad");
     std::fs::write(&bad_token, "ab".repeat(32)).unwrap();
-    std::fs::set_permissions(&bad_token, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let refused = kith(&elsewhere, &["--endpoint", &endpoint, "--token-file", bad_token.to_str().unwrap(), "id", "show"]);
+    std::fs::set_permissions(
+        &bad_token,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let refused = kith(
+        &elsewhere,
+        &[
+            "--endpoint",
+            &endpoint,
+            "--token-file",
+            bad_token.to_str().unwrap(),
+            "id",
+            "show",
+        ],
+    );
     assert!(refused.error().contains("credential"), "{}", refused.stderr);
     assert!(!elsewhere.exists(), "a remote call writes nothing locally");
     assert_eq!(sigterm(&mut node), 0);

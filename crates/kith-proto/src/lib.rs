@@ -2,7 +2,8 @@
 //! services convert these into their own validated domain types on receipt.
 
 /// Encoded `FileDescriptorSet` of every Kith proto, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kith_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/kith_descriptor.bin"));
 
 pub mod common {
     pub mod v1 {

@@ -27,9 +27,15 @@ impl std::fmt::Debug for Token {
 #[derive(Debug, thiserror::Error)]
 pub enum CookieError {
     #[error("read cookie {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("write cookie {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cookie {path} is malformed: expected 64 hex characters")]
     Malformed { path: String },
     #[error("cookie {path} is readable by others (mode {mode:o}); it must be 0600")]
@@ -79,14 +85,18 @@ impl Token {
         })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(CookieError::Exposed { path: display, mode });
+            return Err(CookieError::Exposed {
+                path: display,
+                mode,
+            });
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            CookieError::Read {
-                path: display.clone(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| CookieError::Read {
+                    path: display.clone(),
+                    source,
+                })?,
+            );
         Self::parse(&text).ok_or(CookieError::Malformed { path: display })
     }
 
@@ -110,7 +120,8 @@ impl Token {
             .mode(0o600)
             .open(path)
             .map_err(write_err)?;
-        file.write_all(token.as_str().as_bytes()).map_err(write_err)?;
+        file.write_all(token.as_str().as_bytes())
+            .map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
         Ok(token)
     }
@@ -140,9 +151,15 @@ mod tests {
         let path = dir.path().join("cookie");
         std::fs::write(&path, "zz").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(Token::read_cookie(&path), Err(CookieError::Malformed { .. })));
+        assert!(matches!(
+            Token::read_cookie(&path),
+            Err(CookieError::Malformed { .. })
+        ));
         std::fs::write(&path, "ab".repeat(32)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(Token::read_cookie(&path), Err(CookieError::Exposed { .. })));
+        assert!(matches!(
+            Token::read_cookie(&path),
+            Err(CookieError::Exposed { .. })
+        ));
     }
 }

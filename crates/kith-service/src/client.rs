@@ -38,7 +38,9 @@ impl<A: ?Sized> Clone for Client<A> {
 
 impl<A: ?Sized> std::fmt::Debug for Client<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("remote", &self.remote).finish()
+        f.debug_struct("Client")
+            .field("remote", &self.remote)
+            .finish()
     }
 }
 
@@ -76,9 +78,14 @@ impl<A: ?Sized> Deref for Client<A> {
 pub struct BearerAuth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
 
 impl tonic::service::Interceptor for BearerAuth {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -99,11 +106,13 @@ pub struct Connection {
 impl Connection {
     pub fn new(endpoint: Endpoint, token: Option<Token>) -> Self {
         let channel = match &endpoint {
-            Endpoint::Tcp(addr) => tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                .expect("a socket address is a valid uri")
-                .connect_timeout(Duration::from_secs(3))
-                .tcp_nodelay(true)
-                .connect_lazy(),
+            Endpoint::Tcp(addr) => {
+                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                    .expect("a socket address is a valid uri")
+                    .connect_timeout(Duration::from_secs(3))
+                    .tcp_nodelay(true)
+                    .connect_lazy()
+            }
             Endpoint::Unix(path) => {
                 let path = path.clone();
                 tonic::transport::Endpoint::from_static("http://localhost")
@@ -169,10 +178,14 @@ fn is_connection_failure(status: &tonic::Status) -> bool {
 /// Asks the server's `grpc.health.v1` service whether `service` (a full gRPC service name such
 /// as `kith.identity.v1.Identity`, or "" for the whole server) is serving.
 pub async fn health_check(connection: &Connection, service: &str) -> Result<bool, tonic::Status> {
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
     let mut client = HealthClient::new(connection.channel());
     let response = client
-        .check(HealthCheckRequest { service: service.to_owned() })
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
         .await?
         .into_inner();
     Ok(response.status == ServingStatus::Serving as i32)

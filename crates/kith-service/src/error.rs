@@ -223,8 +223,14 @@ mod tests {
             TestError::Unavailable("connection refused".into())
         );
         let status = Status::invalid_argument("decode error");
-        assert_eq!(TestError::from_status(&status), TestError::Bad("decode error".into()));
+        assert_eq!(
+            TestError::from_status(&status),
+            TestError::Bad("decode error".into())
+        );
         let status = Status::data_loss("weird");
-        assert_eq!(TestError::from_status(&status), TestError::Internal("weird".into()));
+        assert_eq!(
+            TestError::from_status(&status),
+            TestError::Internal("weird".into())
+        );
     }
 }

@@ -9,17 +9,19 @@
 mod auth;
 mod client;
 mod endpoint;
-mod home;
 mod error;
+mod home;
 mod metrics;
 mod server;
 mod telemetry;
 
 pub use auth::{CookieError, Token};
-pub use client::{AuthChannel, BearerAuth, Client, Connection, RemoteApi, call_with_reconnect, health_check};
+pub use client::{
+    AuthChannel, BearerAuth, Client, Connection, RemoteApi, call_with_reconnect, health_check,
+};
 pub use endpoint::{Endpoint, EndpointParseError};
-pub use home::Home;
 pub use error::{ErrorCode, ServiceError};
+pub use home::Home;
 pub use metrics::Metrics;
 pub use server::{Listen, MAX_MESSAGE_BYTES, ServeError, ServerHandle, ServiceServer};
 pub use telemetry::{init_tracing, shutdown_signal};

@@ -44,7 +44,11 @@ impl Metrics {
             .into_iter(),
         );
         let rpcs = Family::<RpcLabels, Counter>::default();
-        registry.register("rpc", "RPCs handled, by method and gRPC status code", rpcs.clone());
+        registry.register(
+            "rpc",
+            "RPCs handled, by method and gRPC status code",
+            rpcs.clone(),
+        );
         let latency = Family::<MethodLabel, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.000_025, 2.0, 18))) as fn() -> Histogram,
         );

@@ -145,7 +145,10 @@ impl ServiceServer {
                     let shutdown = cancel.clone().cancelled_owned();
                     let name = self.name;
                     tasks.spawn(async move {
-                        if let Err(err) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                        if let Err(err) = router
+                            .serve_with_incoming_shutdown(incoming, shutdown)
+                            .await
+                        {
                             tracing::error!(service = name, error = %err, "unix listener failed");
                         }
                     });
@@ -153,10 +156,12 @@ impl ServiceServer {
                     sockets.push(path.clone());
                 }
                 Listen::Tcp { addr, token } => {
-                    let tcp = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
-                        endpoint: format!("tcp://{addr}"),
-                        source,
-                    })?;
+                    let tcp = TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServeError::Bind {
+                            endpoint: format!("tcp://{addr}"),
+                            source,
+                        })?;
                     let local = tcp.local_addr().map_err(|source| ServeError::Bind {
                         endpoint: format!("tcp://{addr}"),
                         source,
@@ -174,7 +179,10 @@ impl ServiceServer {
                     let shutdown = cancel.clone().cancelled_owned();
                     let name = self.name;
                     tasks.spawn(async move {
-                        if let Err(err) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                        if let Err(err) = router
+                            .serve_with_incoming_shutdown(incoming, shutdown)
+                            .await
+                        {
                             tracing::error!(service = name, error = %err, "tcp listener failed");
                         }
                     });
@@ -234,7 +242,10 @@ fn peer_allowed(stream: &tokio::net::UnixStream, owner: u32) -> bool {
     match stream.peer_cred() {
         Ok(cred) if cred.uid() == owner || cred.uid() == 0 => true,
         Ok(cred) => {
-            tracing::warn!(uid = cred.uid(), "refused unix connection from another user");
+            tracing::warn!(
+                uid = cred.uid(),
+                "refused unix connection from another user"
+            );
             false
         }
         Err(err) => {
@@ -258,7 +269,11 @@ async fn require_token(State(token): State<Token>, request: Request, next: Next)
     } else {
         "missing credential: send the token from the service cookie as `authorization: Bearer <token>`"
     };
-    tracing::warn!(path = request.uri().path(), why, "refused unauthenticated request");
+    tracing::warn!(
+        path = request.uri().path(),
+        why,
+        "refused unauthenticated request"
+    );
     let is_grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -271,7 +286,11 @@ async fn require_token(State(token): State<Token>, request: Request, next: Next)
 }
 
 /// One tracing span and one metrics observation per RPC, named `service.method`.
-async fn observe_rpc(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+async fn observe_rpc(
+    State(metrics): State<Arc<Metrics>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(method) = rpc_name(request.uri().path()) else {
         return next.run(request).await;
     };
@@ -351,8 +370,14 @@ impl ServerHandle {
             .await;
         self.cancel.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
-            tracing::warn!(service = self.name, "drain timed out; aborting remaining calls");
+        if tokio::time::timeout(Duration::from_secs(10), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                service = self.name,
+                "drain timed out; aborting remaining calls"
+            );
             self.tasks.abort_all();
         }
         for path in &self.sockets {

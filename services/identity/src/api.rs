@@ -97,7 +97,9 @@ pub struct DelegatedKey {
 
 impl std::fmt::Debug for DelegatedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DelegatedKey").field("delegation", &self.delegation).finish_non_exhaustive()
+        f.debug_struct("DelegatedKey")
+            .field("delegation", &self.delegation)
+            .finish_non_exhaustive()
     }
 }
 
@@ -114,11 +116,19 @@ pub trait IdentityApi: Send + Sync + 'static {
 
     async fn list_devices(&self) -> Result<DeviceList>;
     /// Attests the device of a link request; needs the identity secret.
-    async fn approve_link(&self, request: LinkRequest, expires_at: Option<u64>) -> Result<LinkApproval>;
+    async fn approve_link(
+        &self,
+        request: LinkRequest,
+        expires_at: Option<u64>,
+    ) -> Result<LinkApproval>;
     /// Adds `device` to this identity's revocation list; needs the identity secret.
     async fn revoke_device(&self, device: PublicKey, reason: String) -> Result<RevocationList>;
     /// "Does this device speak for this identity?": signature, expiry and revocation in one call.
-    async fn verify_device(&self, attestation: DeviceAttestation, revocations: Option<RevocationList>) -> Result<()>;
+    async fn verify_device(
+        &self,
+        attestation: DeviceAttestation,
+        revocations: Option<RevocationList>,
+    ) -> Result<()>;
     async fn import_revocations(&self, revocations: RevocationList) -> Result<()>;
 
     async fn set_profile(&self, update: ProfileUpdate) -> Result<Profile>;
@@ -127,7 +137,11 @@ pub trait IdentityApi: Send + Sync + 'static {
     async fn import_profile(&self, profile: Profile) -> Result<()>;
 
     /// Issues (or re-issues) the scoped key for `scope`: stable for this device and scope.
-    async fn delegate(&self, scope: String, ttl_seconds: Option<std::num::NonZeroU64>) -> Result<DelegatedKey>;
+    async fn delegate(
+        &self,
+        scope: String,
+        ttl_seconds: Option<std::num::NonZeroU64>,
+    ) -> Result<DelegatedKey>;
     async fn verify_delegation(&self, delegation: Delegation, scope: String) -> Result<()>;
 }
 

@@ -40,10 +40,16 @@ impl ServeArgs {
                 Endpoint::Unix(path) => Ok(Listen::Unix(path)),
                 Endpoint::Tcp(addr) => {
                     if token.is_none() {
-                        let path = self.token_file.clone().unwrap_or_else(|| home.cookie(SERVICE));
+                        let path = self
+                            .token_file
+                            .clone()
+                            .unwrap_or_else(|| home.cookie(SERVICE));
                         token = Some(Token::load_or_create_cookie(&path)?);
                     }
-                    Ok(Listen::Tcp { addr, token: token.clone().expect("set above") })
+                    Ok(Listen::Tcp {
+                        addr,
+                        token: token.clone().expect("set above"),
+                    })
                 }
             })
             .collect()
@@ -51,6 +57,12 @@ impl ServeArgs {
 }
 
 /// Starts serving `api` on `listen`.
-pub async fn spawn(api: Arc<dyn IdentityApi>, listen: &[Listen]) -> Result<ServerHandle, ServeError> {
-    ServiceServer::new(SERVICE).add_service(grpc_service(api)).spawn(listen).await
+pub async fn spawn(
+    api: Arc<dyn IdentityApi>,
+    listen: &[Listen],
+) -> Result<ServerHandle, ServeError> {
+    ServiceServer::new(SERVICE)
+        .add_service(grpc_service(api))
+        .spawn(listen)
+        .await
 }

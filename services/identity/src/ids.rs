@@ -29,7 +29,9 @@ pub fn parse_id(text: &str) -> Result<PublicKey> {
     }
     // bech32::decode accepts both checksums; a Kith id must be bech32m.
     if printable_id(&PublicKey::from_bytes(&data)?) != text.to_ascii_lowercase() {
-        return Err(IdentityError::InvalidArgument(format!("id {text:?} has the wrong checksum variant")));
+        return Err(IdentityError::InvalidArgument(format!(
+            "id {text:?} has the wrong checksum variant"
+        )));
     }
     PublicKey::from_bytes(&data)
 }

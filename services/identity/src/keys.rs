@@ -36,13 +36,18 @@ pub struct PublicKey([u8; 32]);
 impl PublicKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let raw: [u8; 32] = bytes.try_into().map_err(|_| {
-            IdentityError::InvalidArgument(format!("public key must be 32 bytes, got {}", bytes.len()))
+            IdentityError::InvalidArgument(format!(
+                "public key must be 32 bytes, got {}",
+                bytes.len()
+            ))
         })?;
         let key = VerifyingKey::from_bytes(&raw).map_err(|_| {
             IdentityError::InvalidArgument("public key is not a valid ed25519 point".into())
         })?;
         if key.is_weak() {
-            return Err(IdentityError::InvalidArgument("public key is a weak (small-order) point".into()));
+            return Err(IdentityError::InvalidArgument(
+                "public key is a weak (small-order) point".into(),
+            ));
         }
         Ok(Self(raw))
     }
@@ -111,7 +116,10 @@ pub struct Signature(pub [u8; 64]);
 impl Signature {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let raw: [u8; 64] = bytes.try_into().map_err(|_| {
-            IdentityError::InvalidArgument(format!("signature must be 64 bytes, got {}", bytes.len()))
+            IdentityError::InvalidArgument(format!(
+                "signature must be 64 bytes, got {}",
+                bytes.len()
+            ))
         })?;
         Ok(Self(raw))
     }
@@ -239,7 +247,10 @@ pub fn verify_batch(items: &[(PublicKey, Context, Vec<u8>, Signature)]) -> Resul
     if items.is_empty() {
         return Ok(());
     }
-    let signed: Vec<Vec<u8>> = items.iter().map(|(_, c, m, _)| signed_bytes(c, m)).collect();
+    let signed: Vec<Vec<u8>> = items
+        .iter()
+        .map(|(_, c, m, _)| signed_bytes(c, m))
+        .collect();
     let messages: Vec<&[u8]> = signed.iter().map(Vec::as_slice).collect();
     let signatures: Vec<ed25519_dalek::Signature> = items
         .iter()
@@ -304,19 +315,25 @@ impl Slip10Node {
 pub fn parse_hardened_path(path: &str) -> Result<Vec<u32>> {
     let mut parts = path.split('/');
     if parts.next() != Some("m") {
-        return Err(IdentityError::InvalidArgument(format!("path {path:?} must start with m")));
+        return Err(IdentityError::InvalidArgument(format!(
+            "path {path:?} must start with m"
+        )));
     }
     parts
         .map(|part| {
             let digits = part
                 .strip_suffix('\'')
                 .or_else(|| part.strip_suffix('H'))
-                .ok_or_else(|| IdentityError::InvalidArgument(format!("path step {part:?} must be hardened")))?;
+                .ok_or_else(|| {
+                    IdentityError::InvalidArgument(format!("path step {part:?} must be hardened"))
+                })?;
             digits
                 .parse::<u32>()
                 .ok()
                 .filter(|i| *i < 0x8000_0000)
-                .ok_or_else(|| IdentityError::InvalidArgument(format!("path step {part:?} is not an index")))
+                .ok_or_else(|| {
+                    IdentityError::InvalidArgument(format!("path step {part:?} is not an index"))
+                })
         })
         .collect()
 }
@@ -333,7 +350,10 @@ mod tests {
 
     #[test]
     fn identity_path_constant_matches_indices() {
-        assert_eq!(parse_hardened_path(IDENTITY_PATH).unwrap(), IDENTITY_PATH_INDICES);
+        assert_eq!(
+            parse_hardened_path(IDENTITY_PATH).unwrap(),
+            IDENTITY_PATH_INDICES
+        );
     }
 
     #[test]
@@ -375,7 +395,10 @@ mod tests {
         verify_batch(&items).unwrap();
         items[5].2 = vec![99];
         let err = verify_batch(&items).unwrap_err();
-        assert_eq!(err, IdentityError::BadSignature("signature 6 of 8 does not verify".into()));
+        assert_eq!(
+            err,
+            IdentityError::BadSignature("signature 6 of 8 does not verify".into())
+        );
     }
 
     #[test]

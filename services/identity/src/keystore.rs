@@ -35,9 +35,17 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The cost used for new keystores.
-    pub const STRONG: Self = Self { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 };
+    pub const STRONG: Self = Self {
+        memory_kib: 64 * 1024,
+        iterations: 3,
+        parallelism: 1,
+    };
     /// A cheap cost for test suites only.
-    pub const INSECURE_FAST: Self = Self { memory_kib: 1024, iterations: 1, parallelism: 1 };
+    pub const INSECURE_FAST: Self = Self {
+        memory_kib: 1024,
+        iterations: 1,
+        parallelism: 1,
+    };
 
     /// [`Self::STRONG`], unless `KITH_INSECURE_FAST_KDF=1` asks for [`Self::INSECURE_FAST`]
     /// (read by the `kith` command so its end-to-end tests stay fast).
@@ -57,7 +65,9 @@ impl KdfParams {
         if ok {
             Ok(())
         } else {
-            Err(IdentityError::Corrupted(format!("keystore has out-of-range kdf parameters {self:?}")))
+            Err(IdentityError::Corrupted(format!(
+                "keystore has out-of-range kdf parameters {self:?}"
+            )))
         }
     }
 }
@@ -155,7 +165,10 @@ impl Secrets {
             }
             _ => return Err(bad()),
         };
-        Ok(Self { root, device: SecretKey::from_bytes(&device) })
+        Ok(Self {
+            root,
+            device: SecretKey::from_bytes(&device),
+        })
     }
 }
 
@@ -169,8 +182,13 @@ pub struct KeystoreInfo {
 }
 
 fn derive_key(passphrase: &str, salt: &[u8], params: KdfParams) -> Result<Zeroizing<[u8; 32]>> {
-    let argon_params = Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
-        .map_err(|e| IdentityError::Corrupted(format!("keystore kdf parameters: {e}")))?;
+    let argon_params = Params::new(
+        params.memory_kib,
+        params.iterations,
+        params.parallelism,
+        Some(32),
+    )
+    .map_err(|e| IdentityError::Corrupted(format!("keystore kdf parameters: {e}")))?;
     let mut key = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, argon_params)
         .hash_password_into(passphrase.as_bytes(), salt, &mut key[..])
@@ -199,7 +217,9 @@ pub fn write(
     secrets: &Secrets,
 ) -> Result<()> {
     if passphrase.is_empty() {
-        return Err(IdentityError::InvalidArgument("keystore passphrase must not be empty".into()));
+        return Err(IdentityError::InvalidArgument(
+            "keystore passphrase must not be empty".into(),
+        ));
     }
     kdf.validate()?;
     let mut salt = [0u8; 16];
@@ -219,7 +239,13 @@ pub fn write(
     let header_aad = aad(&header);
     let plaintext = secrets.encode();
     let ciphertext = XChaCha20Poly1305::new(key.as_ref().into())
-        .encrypt(XNonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &header_aad })
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &plaintext,
+                aad: &header_aad,
+            },
+        )
         .map_err(|_| IdentityError::Internal("encrypt keystore".into()))?;
     let ciphertext = hex::encode(ciphertext);
     let file = File {
@@ -237,13 +263,19 @@ fn read_file(path: &Path) -> Result<File> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(IdentityError::NoIdentity(format!(
                 "no identity in {}: run `kith init` or `kith restore` first",
-                path.parent().and_then(Path::parent).unwrap_or(path).display()
+                path.parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(path)
+                    .display()
             )));
         }
         Err(e) => return Err(IdentityError::storage("read keystore", path, e)),
     };
     let file: File = serde_json::from_slice(&bytes).map_err(|e| {
-        IdentityError::Corrupted(format!("keystore {} is corrupted or truncated: {e}", path.display()))
+        IdentityError::Corrupted(format!(
+            "keystore {} is corrupted or truncated: {e}",
+            path.display()
+        ))
     })?;
     if file.header.format != FORMAT {
         return Err(IdentityError::Corrupted(format!(
@@ -277,7 +309,9 @@ pub fn open(path: &Path, passphrase: &str) -> Result<(KeystoreInfo, Secrets)> {
     let file = read_file(path)?;
     let header = &file.header;
     header.kdf.validate()?;
-    let corrupted = |what: &str| IdentityError::Corrupted(format!("keystore {} has a bad {what}", path.display()));
+    let corrupted = |what: &str| {
+        IdentityError::Corrupted(format!("keystore {} has a bad {what}", path.display()))
+    };
     let salt = hex::decode(&header.salt).map_err(|_| corrupted("salt"))?;
     let nonce: [u8; 24] = hex::decode(&header.nonce)
         .ok()
@@ -287,8 +321,16 @@ pub fn open(path: &Path, passphrase: &str) -> Result<(KeystoreInfo, Secrets)> {
     let key = derive_key(passphrase, &salt, header.kdf)?;
     let plaintext = Zeroizing::new(
         XChaCha20Poly1305::new(key.as_ref().into())
-            .decrypt(XNonce::from_slice(&nonce), Payload { msg: &ciphertext, aad: &aad(header) })
-            .map_err(|_| IdentityError::WrongPassphrase("wrong passphrase for the keystore".into()))?,
+            .decrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &ciphertext,
+                    aad: &aad(header),
+                },
+            )
+            .map_err(|_| {
+                IdentityError::WrongPassphrase("wrong passphrase for the keystore".into())
+            })?,
     );
     let secrets = Secrets::decode(&plaintext)?;
     if secrets.device.public_key() != header.device_public_key {
@@ -324,14 +366,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore.json");
         let secrets = sample();
-        write(&path, "correct horse", KdfParams::STRONG, KeystoreKind::Root, None, &secrets).unwrap();
+        write(
+            &path,
+            "correct horse",
+            KdfParams::STRONG,
+            KeystoreKind::Root,
+            None,
+            &secrets,
+        )
+        .unwrap();
         let (info, opened) = open(&path, "correct horse").unwrap();
         assert_eq!(info.kind, KeystoreKind::Root);
         assert_eq!(opened.device.public_key(), secrets.device.public_key());
         let root = opened.root.unwrap();
         assert_eq!(&root.entropy[..], &[7; 32]);
         assert_eq!(root.bip39_passphrase.as_str(), "extra words");
-        assert!(matches!(open(&path, "wrong"), Err(IdentityError::WrongPassphrase(_))));
+        assert!(matches!(
+            open(&path, "wrong"),
+            Err(IdentityError::WrongPassphrase(_))
+        ));
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains("extra words"));
     }
@@ -340,14 +393,28 @@ mod tests {
     fn truncated_and_tampered_files_are_corrupted() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore.json");
-        write(&path, "pw", KdfParams::INSECURE_FAST, KeystoreKind::Root, None, &sample()).unwrap();
+        write(
+            &path,
+            "pw",
+            KdfParams::INSECURE_FAST,
+            KeystoreKind::Root,
+            None,
+            &sample(),
+        )
+        .unwrap();
         let good = std::fs::read(&path).unwrap();
         std::fs::write(&path, &good[..good.len() / 2]).unwrap();
-        assert!(matches!(open(&path, "pw"), Err(IdentityError::Corrupted(_))));
+        assert!(matches!(
+            open(&path, "pw"),
+            Err(IdentityError::Corrupted(_))
+        ));
         let mut tampered = String::from_utf8(good.clone()).unwrap();
         tampered = tampered.replacen("\"kind\": \"root\"", "\"kind\": \"linked\"", 1);
         std::fs::write(&path, tampered).unwrap();
-        assert!(matches!(open(&path, "pw"), Err(IdentityError::Corrupted(_))));
+        assert!(matches!(
+            open(&path, "pw"),
+            Err(IdentityError::Corrupted(_))
+        ));
     }
 
     #[test]
@@ -355,7 +422,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keystore.json");
         assert!(matches!(
-            write(&path, "", KdfParams::INSECURE_FAST, KeystoreKind::Root, None, &sample()),
+            write(
+                &path,
+                "",
+                KdfParams::INSECURE_FAST,
+                KeystoreKind::Root,
+                None,
+                &sample()
+            ),
             Err(IdentityError::InvalidArgument(_))
         ));
         assert!(!path.exists());

@@ -26,4 +26,7 @@ mod wire;
 
 pub use api::{IdentityApi, IdentityClient, KeyKind};
 pub use error::{IdentityError, Result};
-pub use service::{DEFAULT_DELEGATION_TTL, IdentityService, MAX_DELEGATION_TTL, NewIdentity, SetupOptions, parse_mnemonic};
+pub use service::{
+    DEFAULT_DELEGATION_TTL, IdentityService, MAX_DELEGATION_TTL, NewIdentity, SetupOptions,
+    parse_mnemonic,
+};

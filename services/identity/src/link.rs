@@ -25,7 +25,9 @@ pub struct LinkRequest {
 fn decode(code: &str, hrp: Hrp, what: &str) -> Result<Vec<u8>> {
     let bad = |why: String| IdentityError::InvalidArgument(format!("{what} is not valid: {why}"));
     if code.len() > 1023 {
-        return Err(IdentityError::TooLarge(format!("{what} is longer than 1023 characters")));
+        return Err(IdentityError::TooLarge(format!(
+            "{what} is longer than 1023 characters"
+        )));
     }
     let (found, data) = bech32::decode(code.trim()).map_err(|e| bad(e.to_string()))?;
     if found != hrp {
@@ -48,7 +50,8 @@ impl Reader<'_> {
         })
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        self.take(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
     }
     fn name(&mut self) -> Option<String> {
         let len = *self.take(1)?.first()? as usize;
@@ -59,7 +62,10 @@ impl Reader<'_> {
 impl LinkRequest {
     pub fn new(device: PublicKey, name: &str) -> Result<Self> {
         check_text("device name", name, MAX_NAME_LEN)?;
-        Ok(Self { device, name: name.to_owned() })
+        Ok(Self {
+            device,
+            name: name.to_owned(),
+        })
     }
 
     pub fn encode(&self) -> String {
@@ -72,7 +78,8 @@ impl LinkRequest {
 
     pub fn decode(code: &str) -> Result<Self> {
         let data = decode(code, REQUEST_HRP, "link code")?;
-        let bad = || IdentityError::InvalidArgument("link code is not valid: malformed payload".into());
+        let bad =
+            || IdentityError::InvalidArgument("link code is not valid: malformed payload".into());
         let mut r = Reader(&data);
         let device = PublicKey::from_bytes(r.take(32).ok_or_else(bad)?)?;
         let name = r.name().ok_or_else(bad)?;
@@ -99,7 +106,8 @@ pub fn encode_approval(att: &DeviceAttestation) -> String {
 /// Decodes an approval and checks its signature (not yet that it is for this device).
 pub fn decode_approval(code: &str) -> Result<DeviceAttestation> {
     let data = decode(code, APPROVAL_HRP, "approval code")?;
-    let bad = || IdentityError::InvalidArgument("approval code is not valid: malformed payload".into());
+    let bad =
+        || IdentityError::InvalidArgument("approval code is not valid: malformed payload".into());
     let mut r = Reader(&data);
     let identity = PublicKey::from_bytes(r.take(32).ok_or_else(bad)?)?;
     let device = PublicKey::from_bytes(r.take(32).ok_or_else(bad)?)?;

@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
     kith_service::init_tracing("info");
     let args = Args::parse();
     let home = Home::resolve(args.home.as_deref());
-    let passphrase = read_passphrase(args.passphrase_file.as_deref(), false).map_err(anyhow::Error::msg)?;
+    let passphrase =
+        read_passphrase(args.passphrase_file.as_deref(), false).map_err(anyhow::Error::msg)?;
     let service = IdentityService::open(&home, &passphrase).context("open identity")?;
     drop(passphrase);
     let listen = args.serve.listeners(&home)?;

@@ -13,7 +13,8 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase,
     let env_file = std::env::var_os("KITH_PASSPHRASE_FILE").filter(|v| !v.is_empty());
     if let Some(path) = file.map(Path::to_path_buf).or(env_file.map(Into::into)) {
         let text = Zeroizing::new(
-            std::fs::read_to_string(&path).map_err(|e| format!("read passphrase file {}: {e}", path.display()))?,
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("read passphrase file {}: {e}", path.display()))?,
         );
         let pass = text.strip_suffix('\n').unwrap_or(&text);
         let pass = pass.strip_suffix('\r').unwrap_or(pass);
@@ -23,12 +24,17 @@ pub fn read_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase,
         return non_empty(Zeroizing::new(pass));
     }
     // The prompt reads the controlling terminal, so words or data may still arrive on stdin.
-    let no_terminal =
-        |e: std::io::Error| format!("no passphrase: set KITH_PASSPHRASE or KITH_PASSPHRASE_FILE, or run in a terminal ({e})");
-    let pass = Zeroizing::new(rpassword::prompt_password("keystore passphrase: ").map_err(no_terminal)?);
+    let no_terminal = |e: std::io::Error| {
+        format!(
+            "no passphrase: set KITH_PASSPHRASE or KITH_PASSPHRASE_FILE, or run in a terminal ({e})"
+        )
+    };
+    let pass =
+        Zeroizing::new(rpassword::prompt_password("keystore passphrase: ").map_err(no_terminal)?);
     if confirm {
         let again = Zeroizing::new(
-            rpassword::prompt_password("repeat passphrase: ").map_err(|e| format!("read passphrase: {e}"))?,
+            rpassword::prompt_password("repeat passphrase: ")
+                .map_err(|e| format!("read passphrase: {e}"))?,
         );
         if *again != *pass {
             return Err("passphrases do not match".into());

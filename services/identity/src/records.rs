@@ -41,10 +41,15 @@ impl Canon {
 /// Validates a short human text (a name or reason): bounded, no control characters.
 pub fn check_text(what: &str, text: &str, max: usize) -> Result<()> {
     if text.len() > max {
-        return Err(IdentityError::TooLarge(format!("{what} is {} bytes; at most {max} allowed", text.len())));
+        return Err(IdentityError::TooLarge(format!(
+            "{what} is {} bytes; at most {max} allowed",
+            text.len()
+        )));
     }
     if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(IdentityError::InvalidArgument(format!("{what} contains control characters")));
+        return Err(IdentityError::InvalidArgument(format!(
+            "{what} contains control characters"
+        )));
     }
     Ok(())
 }
@@ -69,7 +74,13 @@ pub struct DeviceAttestation {
 }
 
 impl DeviceAttestation {
-    fn signed_fields(identity: &PublicKey, device: &PublicKey, name: &str, created_at: u64, expires_at: Option<u64>) -> Vec<u8> {
+    fn signed_fields(
+        identity: &PublicKey,
+        device: &PublicKey,
+        name: &str,
+        created_at: u64,
+        expires_at: Option<u64>,
+    ) -> Vec<u8> {
         Canon::default()
             .bytes(identity.as_bytes())
             .bytes(device.as_bytes())
@@ -79,13 +90,26 @@ impl DeviceAttestation {
             .0
     }
 
-    pub fn issue(identity: &SecretKey, device: PublicKey, name: &str, expires_at: Option<u64>) -> Result<Self> {
+    pub fn issue(
+        identity: &SecretKey,
+        device: PublicKey,
+        name: &str,
+        expires_at: Option<u64>,
+    ) -> Result<Self> {
         check_text("device name", name, MAX_NAME_LEN)?;
         let created_at = now();
         if expires_at.is_some_and(|e| e <= created_at) {
-            return Err(IdentityError::InvalidArgument("expiry must be in the future".into()));
+            return Err(IdentityError::InvalidArgument(
+                "expiry must be in the future".into(),
+            ));
         }
-        let fields = Self::signed_fields(&identity.public_key(), &device, name, created_at, expires_at);
+        let fields = Self::signed_fields(
+            &identity.public_key(),
+            &device,
+            name,
+            created_at,
+            expires_at,
+        );
         let (signature, _) = identity.sign(&Context::internal(ATTESTATION_CONTEXT), &fields);
         Ok(Self {
             identity: identity.public_key(),
@@ -101,10 +125,24 @@ impl DeviceAttestation {
     /// caller's business (it needs the identity's revocation list).
     pub fn verify(&self, at: u64) -> Result<()> {
         check_text("device name", &self.name, MAX_NAME_LEN)?;
-        let fields = Self::signed_fields(&self.identity, &self.device, &self.name, self.created_at, self.expires_at);
+        let fields = Self::signed_fields(
+            &self.identity,
+            &self.device,
+            &self.name,
+            self.created_at,
+            self.expires_at,
+        );
         self.identity
-            .verify(&Context::internal(ATTESTATION_CONTEXT), &fields, &self.signature)
-            .map_err(|_| IdentityError::BadSignature("device attestation is not signed by its identity".into()))?;
+            .verify(
+                &Context::internal(ATTESTATION_CONTEXT),
+                &fields,
+                &self.signature,
+            )
+            .map_err(|_| {
+                IdentityError::BadSignature(
+                    "device attestation is not signed by its identity".into(),
+                )
+            })?;
         if let Some(expires_at) = self.expires_at
             && expires_at <= at
         {
@@ -149,14 +187,23 @@ impl RevocationList {
     }
 
     /// The next version of `previous` (or version 1) with `device` added.
-    pub fn extend(identity: &SecretKey, previous: Option<&RevocationList>, device: PublicKey, reason: &str) -> Result<Self> {
+    pub fn extend(
+        identity: &SecretKey,
+        previous: Option<&RevocationList>,
+        device: PublicKey,
+        reason: &str,
+    ) -> Result<Self> {
         check_text("revocation reason", reason, MAX_REASON_LEN)?;
         let mut revoked = previous.map(|p| p.revoked.clone()).unwrap_or_default();
         if revoked.iter().any(|r| r.device == device) {
-            return Err(IdentityError::FailedPrecondition(format!("device {device} is already revoked")));
+            return Err(IdentityError::FailedPrecondition(format!(
+                "device {device} is already revoked"
+            )));
         }
         if revoked.len() >= MAX_REVOKED {
-            return Err(IdentityError::TooLarge(format!("revocation list holds the maximum of {MAX_REVOKED} devices")));
+            return Err(IdentityError::TooLarge(format!(
+                "revocation list holds the maximum of {MAX_REVOKED} devices"
+            )));
         }
         revoked.push(RevokedDevice {
             device,
@@ -176,15 +223,23 @@ impl RevocationList {
 
     pub fn verify(&self) -> Result<()> {
         if self.revoked.len() > MAX_REVOKED {
-            return Err(IdentityError::TooLarge(format!("revocation list has more than {MAX_REVOKED} entries")));
+            return Err(IdentityError::TooLarge(format!(
+                "revocation list has more than {MAX_REVOKED} entries"
+            )));
         }
         for entry in &self.revoked {
             check_text("revocation reason", &entry.reason, MAX_REASON_LEN)?;
         }
         let fields = Self::signed_fields(&self.identity, self.version, &self.revoked);
         self.identity
-            .verify(&Context::internal(REVOCATION_CONTEXT), &fields, &self.signature)
-            .map_err(|_| IdentityError::BadSignature("revocation list is not signed by its identity".into()))
+            .verify(
+                &Context::internal(REVOCATION_CONTEXT),
+                &fields,
+                &self.signature,
+            )
+            .map_err(|_| {
+                IdentityError::BadSignature("revocation list is not signed by its identity".into())
+            })
     }
 
     pub fn is_revoked(&self, device: &PublicKey) -> bool {
@@ -235,7 +290,12 @@ impl Profile {
             .0
     }
 
-    pub fn sign(device: &SecretKey, signer: DeviceAttestation, version: u64, update: ProfileUpdate) -> Result<Self> {
+    pub fn sign(
+        device: &SecretKey,
+        signer: DeviceAttestation,
+        version: u64,
+        update: ProfileUpdate,
+    ) -> Result<Self> {
         update.validate()?;
         let mut profile = Self {
             identity: signer.identity,
@@ -247,7 +307,10 @@ impl Profile {
             signer,
             signature: Signature([0; 64]),
         };
-        let (signature, _) = device.sign(&Context::internal(PROFILE_CONTEXT), &profile.signed_fields());
+        let (signature, _) = device.sign(
+            &Context::internal(PROFILE_CONTEXT),
+            &profile.signed_fields(),
+        );
         profile.signature = signature;
         Ok(profile)
     }
@@ -262,12 +325,18 @@ impl Profile {
         }
         .validate()?;
         if self.signer.identity != self.identity {
-            return Err(IdentityError::WrongIdentity("profile signer belongs to another identity".into()));
+            return Err(IdentityError::WrongIdentity(
+                "profile signer belongs to another identity".into(),
+            ));
         }
         self.signer.verify(at)?;
         self.signer
             .device
-            .verify(&Context::internal(PROFILE_CONTEXT), &self.signed_fields(), &self.signature)
+            .verify(
+                &Context::internal(PROFILE_CONTEXT),
+                &self.signed_fields(),
+                &self.signature,
+            )
             .map_err(|_| IdentityError::BadSignature("profile signature does not verify".into()))
     }
 }
@@ -294,7 +363,13 @@ impl Delegation {
             .0
     }
 
-    pub fn issue(device: &SecretKey, attestation: DeviceAttestation, scoped_key: PublicKey, scope: &str, expires_at: u64) -> Self {
+    pub fn issue(
+        device: &SecretKey,
+        attestation: DeviceAttestation,
+        scoped_key: PublicKey,
+        scope: &str,
+        expires_at: u64,
+    ) -> Self {
         let mut delegation = Self {
             scoped_key,
             scope: scope.to_owned(),
@@ -303,7 +378,10 @@ impl Delegation {
             device: attestation,
             signature: Signature([0; 64]),
         };
-        let (signature, _) = device.sign(&Context::internal(DELEGATION_CONTEXT), &delegation.signed_fields());
+        let (signature, _) = device.sign(
+            &Context::internal(DELEGATION_CONTEXT),
+            &delegation.signed_fields(),
+        );
         delegation.signature = signature;
         delegation
     }
@@ -319,10 +397,19 @@ impl Delegation {
         self.device.verify(at)?;
         self.device
             .device
-            .verify(&Context::internal(DELEGATION_CONTEXT), &self.signed_fields(), &self.signature)
-            .map_err(|_| IdentityError::BadSignature("delegation is not signed by its device".into()))?;
+            .verify(
+                &Context::internal(DELEGATION_CONTEXT),
+                &self.signed_fields(),
+                &self.signature,
+            )
+            .map_err(|_| {
+                IdentityError::BadSignature("delegation is not signed by its device".into())
+            })?;
         if self.expires_at <= at {
-            return Err(IdentityError::Expired(format!("delegation expired at {}", self.expires_at)));
+            return Err(IdentityError::Expired(format!(
+                "delegation expired at {}",
+                self.expires_at
+            )));
         }
         Ok(())
     }

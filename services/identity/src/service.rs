@@ -13,11 +13,14 @@ use zeroize::Zeroizing;
 use crate::api::*;
 use crate::error::{IdentityError, Result};
 use crate::ids::{printable_id, search_code};
-use crate::keys::{Context, IDENTITY_PATH, PublicKey, SecretKey, identity_key_from_seed, verify_batch};
+use crate::keys::{
+    Context, IDENTITY_PATH, PublicKey, SecretKey, identity_key_from_seed, verify_batch,
+};
 use crate::keystore::{self, KdfParams, KeystoreKind, RootSecret, Secrets};
 use crate::link::{LinkRequest, decode_approval, encode_approval};
 use crate::records::{
-    Delegation, DeviceAttestation, MAX_NAME_LEN, Profile, ProfileUpdate, RevocationList, check_text, now,
+    Delegation, DeviceAttestation, MAX_NAME_LEN, Profile, ProfileUpdate, RevocationList,
+    check_text, now,
 };
 use crate::state::State;
 
@@ -112,7 +115,8 @@ pub fn parse_mnemonic(words: &str) -> Result<bip39::Mnemonic> {
     let joined = Zeroizing::new(words.join(" "));
     bip39::Mnemonic::parse_in_normalized(bip39::Language::English, &joined).map_err(|e| match e {
         bip39::Error::InvalidChecksum => IdentityError::BadChecksum(
-            "mnemonic checksum does not match: a word is wrong or the words are out of order".into(),
+            "mnemonic checksum does not match: a word is wrong or the words are out of order"
+                .into(),
         ),
         other => IdentityError::BadMnemonic(other.to_string()),
     })
@@ -128,7 +132,9 @@ fn identity_key_from_root(root: &RootSecret) -> Result<SecretKey> {
 fn check_device_name(name: &str) -> Result<()> {
     check_text("device name", name, MAX_NAME_LEN)?;
     if name.trim().is_empty() {
-        return Err(IdentityError::InvalidArgument("device name must not be empty".into()));
+        return Err(IdentityError::InvalidArgument(
+            "device name must not be empty".into(),
+        ));
     }
     Ok(())
 }
@@ -148,7 +154,8 @@ fn prepare_to_write(paths: &Paths, force: bool) -> Result<()> {
     for path in [&paths.keystore, &paths.state] {
         if path.exists() {
             let aside = path.with_extension(format!("json.replaced-{stamp}"));
-            std::fs::rename(path, &aside).map_err(|e| IdentityError::storage("move aside", path, e))?;
+            std::fs::rename(path, &aside)
+                .map_err(|e| IdentityError::storage("move aside", path, e))?;
         }
     }
     Ok(())
@@ -159,22 +166,38 @@ impl IdentityService {
     pub fn init(home: &Home, passphrase: &str, options: SetupOptions) -> Result<NewIdentity> {
         let mut entropy = Zeroizing::new([0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut entropy[..]);
-        let mnemonic = bip39::Mnemonic::from_entropy(&entropy[..]).expect("32 bytes is valid entropy");
+        let mnemonic =
+            bip39::Mnemonic::from_entropy(&entropy[..]).expect("32 bytes is valid entropy");
         let words = Zeroizing::new(mnemonic.to_string());
         let service = Self::create_root(home, passphrase, &mnemonic, options)?;
-        Ok(NewIdentity { service, mnemonic: words })
+        Ok(NewIdentity {
+            service,
+            mnemonic: words,
+        })
     }
 
     /// Restores an identity from its words; this device gets a new device key.
-    pub fn restore(home: &Home, passphrase: &str, words: &str, options: SetupOptions) -> Result<Self> {
+    pub fn restore(
+        home: &Home,
+        passphrase: &str,
+        words: &str,
+        options: SetupOptions,
+    ) -> Result<Self> {
         let mnemonic = parse_mnemonic(words)?;
         Self::create_root(home, passphrase, &mnemonic, options)
     }
 
-    fn create_root(home: &Home, passphrase: &str, mnemonic: &bip39::Mnemonic, options: SetupOptions) -> Result<Self> {
+    fn create_root(
+        home: &Home,
+        passphrase: &str,
+        mnemonic: &bip39::Mnemonic,
+        options: SetupOptions,
+    ) -> Result<Self> {
         check_device_name(&options.device_name)?;
         if passphrase.is_empty() {
-            return Err(IdentityError::InvalidArgument("keystore passphrase must not be empty".into()));
+            return Err(IdentityError::InvalidArgument(
+                "keystore passphrase must not be empty".into(),
+            ));
         }
         let paths = Paths::new(home);
         let root = RootSecret {
@@ -183,12 +206,27 @@ impl IdentityService {
         };
         let identity_key = identity_key_from_root(&root)?;
         let device_key = SecretKey::generate();
-        let attestation = DeviceAttestation::issue(&identity_key, device_key.public_key(), &options.device_name, None)?;
+        let attestation = DeviceAttestation::issue(
+            &identity_key,
+            device_key.public_key(),
+            &options.device_name,
+            None,
+        )?;
         prepare_to_write(&paths, options.force)?;
         let state = State::new(Some(attestation.clone()));
         state.save(&paths.state)?;
-        let secrets = Secrets { root: Some(root), device: device_key };
-        keystore::write(&paths.keystore, passphrase, options.kdf, KeystoreKind::Root, Some(identity_key.public_key()), &secrets)?;
+        let secrets = Secrets {
+            root: Some(root),
+            device: device_key,
+        };
+        keystore::write(
+            &paths.keystore,
+            passphrase,
+            options.kdf,
+            KeystoreKind::Root,
+            Some(identity_key.public_key()),
+            &secrets,
+        )?;
         Ok(Self {
             paths,
             identity: identity_key.public_key(),
@@ -205,7 +243,10 @@ impl IdentityService {
         let device_name = options.device_name.as_str();
         check_device_name(device_name)?;
         let paths = Paths::new(home);
-        if paths.keystore.exists() && keystore::info(&paths.keystore)?.kind == KeystoreKind::Pending && !options.force {
+        if paths.keystore.exists()
+            && keystore::info(&paths.keystore)?.kind == KeystoreKind::Pending
+            && !options.force
+        {
             let (info, _) = keystore::open(&paths.keystore, passphrase)?;
             return LinkRequest::new(info.device, device_name);
         }
@@ -213,8 +254,18 @@ impl IdentityService {
         let request = LinkRequest::new(device_key.public_key(), device_name)?;
         prepare_to_write(&paths, options.force)?;
         State::new(None).save(&paths.state)?;
-        let secrets = Secrets { root: None, device: device_key };
-        keystore::write(&paths.keystore, passphrase, options.kdf, KeystoreKind::Pending, None, &secrets)?;
+        let secrets = Secrets {
+            root: None,
+            device: device_key,
+        };
+        keystore::write(
+            &paths.keystore,
+            passphrase,
+            options.kdf,
+            KeystoreKind::Pending,
+            None,
+            &secrets,
+        )?;
         Ok(request)
     }
 
@@ -235,7 +286,14 @@ impl IdentityService {
         }
         let state = State::new(Some(attestation.clone()));
         state.save(&paths.state)?;
-        keystore::write(&paths.keystore, passphrase, info.kdf, KeystoreKind::Linked, Some(attestation.identity), &secrets)?;
+        keystore::write(
+            &paths.keystore,
+            passphrase,
+            info.kdf,
+            KeystoreKind::Linked,
+            Some(attestation.identity),
+            &secrets,
+        )?;
         Ok(Self {
             paths,
             identity: attestation.identity,
@@ -258,20 +316,31 @@ impl IdentityService {
             }
             (KeystoreKind::Root, Some(root)) => Some(identity_key_from_root(root)?),
             (KeystoreKind::Linked, None) => None,
-            _ => return Err(IdentityError::Corrupted("keystore kind does not match its secrets".into())),
+            _ => {
+                return Err(IdentityError::Corrupted(
+                    "keystore kind does not match its secrets".into(),
+                ));
+            }
         };
         let identity = info
             .identity
             .ok_or_else(|| IdentityError::Corrupted("keystore has no identity key".into()))?;
-        if identity_key.as_ref().is_some_and(|k| k.public_key() != identity) {
-            return Err(IdentityError::Corrupted("keystore words do not derive its identity key".into()));
+        if identity_key
+            .as_ref()
+            .is_some_and(|k| k.public_key() != identity)
+        {
+            return Err(IdentityError::Corrupted(
+                "keystore words do not derive its identity key".into(),
+            ));
         }
         let state = State::load(&paths.state)?;
         let attestation = state
             .this_device
             .clone()
             .filter(|a| a.device == info.device && a.identity == identity)
-            .ok_or_else(|| IdentityError::Corrupted("state does not hold this device's attestation".into()))?;
+            .ok_or_else(|| {
+                IdentityError::Corrupted("state does not hold this device's attestation".into())
+            })?;
         Ok(Self {
             paths,
             identity,
@@ -305,7 +374,9 @@ impl IdentityService {
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `change` to a copy of the state and persists it; the in-memory state changes only
@@ -367,11 +438,15 @@ impl IdentityService {
 fn check_batch(sizes: impl ExactSizeIterator<Item = usize>) -> Result<()> {
     let count = sizes.len();
     if count > MAX_BATCH_ITEMS {
-        return Err(IdentityError::TooLarge(format!("batch has {count} items; at most {MAX_BATCH_ITEMS} allowed")));
+        return Err(IdentityError::TooLarge(format!(
+            "batch has {count} items; at most {MAX_BATCH_ITEMS} allowed"
+        )));
     }
     let total: usize = sizes.sum();
     if total > MAX_BATCH_BYTES {
-        return Err(IdentityError::TooLarge(format!("batch holds {total} message bytes; at most {MAX_BATCH_BYTES} allowed")));
+        return Err(IdentityError::TooLarge(format!(
+            "batch holds {total} message bytes; at most {MAX_BATCH_BYTES} allowed"
+        )));
     }
     Ok(())
 }
@@ -407,7 +482,11 @@ impl IdentityApi for IdentityService {
         check_message(&message)?;
         let key = self.key(key)?;
         let (signature, signed_bytes) = key.sign(&context, &message);
-        Ok(SignedMessage { public_key: key.public_key(), signature, signed_bytes })
+        Ok(SignedMessage {
+            public_key: key.public_key(),
+            signature,
+            signed_bytes,
+        })
     }
 
     async fn sign_batch(&self, key: KeyKind, items: Vec<SignItem>) -> Result<BatchSignature> {
@@ -416,13 +495,20 @@ impl IdentityApi for IdentityService {
             return Err(Context::for_caller(item.context.as_str()).unwrap_err());
         }
         let key = self.key(key)?;
-        let signatures = items.iter().map(|i| key.sign(&i.context, &i.message).0).collect();
-        Ok(BatchSignature { public_key: key.public_key(), signatures })
+        let signatures = items
+            .iter()
+            .map(|i| key.sign(&i.context, &i.message).0)
+            .collect();
+        Ok(BatchSignature {
+            public_key: key.public_key(),
+            signatures,
+        })
     }
 
     async fn verify(&self, item: VerifyItem) -> Result<()> {
         check_message(&item.message)?;
-        item.public_key.verify(&item.context, &item.message, &item.signature)
+        item.public_key
+            .verify(&item.context, &item.message, &item.signature)
     }
 
     async fn verify_batch(&self, items: Vec<VerifyItem>) -> Result<()> {
@@ -442,25 +528,45 @@ impl IdentityApi for IdentityService {
             .values()
             .map(|att| DeviceEntry {
                 attestation: att.clone(),
-                revoked: revocations.as_ref().is_some_and(|r| r.is_revoked(&att.device)),
+                revoked: revocations
+                    .as_ref()
+                    .is_some_and(|r| r.is_revoked(&att.device)),
                 this_device: att.device == self.attestation.device,
             })
             .collect();
-        Ok(DeviceList { devices, revocations })
+        Ok(DeviceList {
+            devices,
+            revocations,
+        })
     }
 
-    async fn approve_link(&self, request: LinkRequest, expires_at: Option<u64>) -> Result<LinkApproval> {
+    async fn approve_link(
+        &self,
+        request: LinkRequest,
+        expires_at: Option<u64>,
+    ) -> Result<LinkApproval> {
         let identity_key = self.identity_key()?;
-        let attestation = DeviceAttestation::issue(identity_key, request.device, &request.name, expires_at)?;
+        let attestation =
+            DeviceAttestation::issue(identity_key, request.device, &request.name, expires_at)?;
         self.update_state(|state| {
-            if state.revocations.get(&self.identity).is_some_and(|r| r.is_revoked(&request.device)) {
-                return Err(IdentityError::Revoked(format!("device {} was revoked; it cannot be linked again", request.device)));
+            if state
+                .revocations
+                .get(&self.identity)
+                .is_some_and(|r| r.is_revoked(&request.device))
+            {
+                return Err(IdentityError::Revoked(format!(
+                    "device {} was revoked; it cannot be linked again",
+                    request.device
+                )));
             }
             state.devices.insert(request.device, attestation.clone());
             Ok(())
         })?;
         tracing::info!(device = %request.device, name = %request.name, "approved device link");
-        Ok(LinkApproval { approval_code: encode_approval(&attestation), attestation })
+        Ok(LinkApproval {
+            approval_code: encode_approval(&attestation),
+            attestation,
+        })
     }
 
     async fn revoke_device(&self, device: PublicKey, reason: String) -> Result<RevocationList> {
@@ -471,7 +577,12 @@ impl IdentityApi for IdentityService {
             ));
         }
         let list = self.update_state(|state| {
-            let list = RevocationList::extend(identity_key, state.revocations.get(&self.identity), device, &reason)?;
+            let list = RevocationList::extend(
+                identity_key,
+                state.revocations.get(&self.identity),
+                device,
+                &reason,
+            )?;
             state.revocations.insert(self.identity, list.clone());
             Ok(list)
         })?;
@@ -479,11 +590,17 @@ impl IdentityApi for IdentityService {
         Ok(list)
     }
 
-    async fn verify_device(&self, attestation: DeviceAttestation, revocations: Option<RevocationList>) -> Result<()> {
+    async fn verify_device(
+        &self,
+        attestation: DeviceAttestation,
+        revocations: Option<RevocationList>,
+    ) -> Result<()> {
         attestation.verify(now())?;
         if let Some(list) = revocations {
             if list.identity != attestation.identity {
-                return Err(IdentityError::WrongIdentity("revocation list belongs to another identity".into()));
+                return Err(IdentityError::WrongIdentity(
+                    "revocation list belongs to another identity".into(),
+                ));
             }
             list.verify()?;
             let revoked = list.is_revoked(&attestation.device);
@@ -500,14 +617,19 @@ impl IdentityApi for IdentityService {
     }
 
     async fn import_revocations(&self, revocations: RevocationList) -> Result<()> {
-        self.update_state(|state| Self::merge_revocations(state, revocations)).map(|_| ())
+        self.update_state(|state| Self::merge_revocations(state, revocations))
+            .map(|_| ())
     }
 
     async fn set_profile(&self, update: ProfileUpdate) -> Result<Profile> {
         update.validate()?;
         self.update_state(|state| {
-            let version = state.profiles.get(&self.identity).map_or(1, |p| p.version + 1);
-            let profile = Profile::sign(&self.device_key, self.attestation.clone(), version, update)?;
+            let version = state
+                .profiles
+                .get(&self.identity)
+                .map_or(1, |p| p.version + 1);
+            let profile =
+                Profile::sign(&self.device_key, self.attestation.clone(), version, update)?;
             state.profiles.insert(self.identity, profile.clone());
             Ok(profile)
         })
@@ -515,13 +637,22 @@ impl IdentityApi for IdentityService {
 
     async fn get_profile(&self, identity: Option<PublicKey>) -> Result<Profile> {
         let identity = identity.unwrap_or(self.identity);
-        self.lock_state().profiles.get(&identity).cloned().ok_or_else(|| {
-            if identity == self.identity {
-                IdentityError::NotFound("no profile set yet: run `kith profile set --name NAME`".into())
-            } else {
-                IdentityError::NotFound(format!("no profile known for {}", printable_id(&identity)))
-            }
-        })
+        self.lock_state()
+            .profiles
+            .get(&identity)
+            .cloned()
+            .ok_or_else(|| {
+                if identity == self.identity {
+                    IdentityError::NotFound(
+                        "no profile set yet: run `kith profile set --name NAME`".into(),
+                    )
+                } else {
+                    IdentityError::NotFound(format!(
+                        "no profile known for {}",
+                        printable_id(&identity)
+                    ))
+                }
+            })
     }
 
     async fn import_profile(&self, profile: Profile) -> Result<()> {
@@ -530,10 +661,12 @@ impl IdentityApi for IdentityService {
             self.check_not_revoked(state, &profile.signer)?;
             match state.profiles.get(&profile.identity) {
                 Some(known) if known == &profile => Ok(()),
-                Some(known) if known.version >= profile.version => Err(IdentityError::Stale(format!(
-                    "profile version {} is not newer than the known version {}",
-                    profile.version, known.version
-                ))),
+                Some(known) if known.version >= profile.version => {
+                    Err(IdentityError::Stale(format!(
+                        "profile version {} is not newer than the known version {}",
+                        profile.version, known.version
+                    )))
+                }
                 _ => {
                     state.profiles.insert(profile.identity, profile);
                     Ok(())
@@ -542,7 +675,11 @@ impl IdentityApi for IdentityService {
         })
     }
 
-    async fn delegate(&self, scope: String, ttl_seconds: Option<NonZeroU64>) -> Result<DelegatedKey> {
+    async fn delegate(
+        &self,
+        scope: String,
+        ttl_seconds: Option<NonZeroU64>,
+    ) -> Result<DelegatedKey> {
         let scope_ctx = Context::new(&scope)?;
         let ttl = ttl_seconds.map_or(DEFAULT_DELEGATION_TTL, NonZeroU64::get);
         if ttl > MAX_DELEGATION_TTL {
@@ -552,7 +689,13 @@ impl IdentityApi for IdentityService {
         }
         let secret = self.scoped_secret(scope_ctx.as_str());
         let scoped_key = SecretKey::from_bytes(&secret).public_key();
-        let delegation = Delegation::issue(&self.device_key, self.attestation.clone(), scoped_key, &scope, now() + ttl);
+        let delegation = Delegation::issue(
+            &self.device_key,
+            self.attestation.clone(),
+            scoped_key,
+            &scope,
+            now() + ttl,
+        );
         tracing::info!(%scope, key = %scoped_key, "delegated scoped key");
         Ok(DelegatedKey { delegation, secret })
     }

@@ -46,14 +46,17 @@ impl State {
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let corrupted = |why: String| IdentityError::Corrupted(format!("state {} is corrupted: {why}", path.display()));
+        let corrupted = |why: String| {
+            IdentityError::Corrupted(format!("state {} is corrupted: {why}", path.display()))
+        };
         let size = std::fs::metadata(path)
             .map_err(|e| IdentityError::storage("read state", path, e))?
             .len();
         if size > MAX_STATE_BYTES {
             return Err(corrupted(format!("{size} bytes is larger than allowed")));
         }
-        let bytes = std::fs::read(path).map_err(|e| IdentityError::storage("read state", path, e))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| IdentityError::storage("read state", path, e))?;
         let state: State = serde_json::from_slice(&bytes).map_err(|e| corrupted(e.to_string()))?;
         if state.format != FORMAT {
             return Err(corrupted(format!("unknown format {:?}", state.format)));

@@ -21,7 +21,9 @@ pub fn key_kind_from_wire(kind: i32) -> Result<KeyKind> {
         Ok(pb::KeyKind::Unspecified) => Ok(KeyKind::Preferred),
         Ok(pb::KeyKind::Identity) => Ok(KeyKind::Identity),
         Ok(pb::KeyKind::Device) => Ok(KeyKind::Device),
-        Err(_) => Err(IdentityError::InvalidArgument(format!("unknown key kind {kind}"))),
+        Err(_) => Err(IdentityError::InvalidArgument(format!(
+            "unknown key kind {kind}"
+        ))),
     }
 }
 
@@ -106,7 +108,9 @@ pub fn avatar_from_wire(bytes: &[u8]) -> Result<Option<[u8; 32]>> {
     match bytes.len() {
         0 => Ok(None),
         32 => Ok(Some(bytes.try_into().expect("32 bytes"))),
-        n => Err(IdentityError::InvalidArgument(format!("avatar hash must be 32 bytes, got {n}"))),
+        n => Err(IdentityError::InvalidArgument(format!(
+            "avatar hash must be 32 bytes, got {n}"
+        ))),
     }
 }
 

@@ -6,12 +6,17 @@ use kith_identity::parse_mnemonic;
 use serde_json::Value;
 
 fn load(name: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(name);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 fn hex32(v: &Value) -> [u8; 32] {
-    hex::decode(v.as_str().unwrap()).unwrap().try_into().unwrap()
+    hex::decode(v.as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
 }
 
 #[test]
@@ -23,9 +28,17 @@ fn bip39_trezor_24_word_vectors() {
     for v in vectors {
         let words = v["mnemonic"].as_str().unwrap();
         let mnemonic = parse_mnemonic(words).unwrap();
-        assert_eq!(hex::encode(mnemonic.to_entropy()), v["entropy"].as_str().unwrap());
-        assert_eq!(hex::encode(mnemonic.to_seed_normalized(passphrase)), v["seed"].as_str().unwrap());
-        let from_entropy = bip39::Mnemonic::from_entropy(&hex::decode(v["entropy"].as_str().unwrap()).unwrap()).unwrap();
+        assert_eq!(
+            hex::encode(mnemonic.to_entropy()),
+            v["entropy"].as_str().unwrap()
+        );
+        assert_eq!(
+            hex::encode(mnemonic.to_seed_normalized(passphrase)),
+            v["seed"].as_str().unwrap()
+        );
+        let from_entropy =
+            bip39::Mnemonic::from_entropy(&hex::decode(v["entropy"].as_str().unwrap()).unwrap())
+                .unwrap();
         assert_eq!(from_entropy.to_string(), words);
     }
 }
@@ -39,10 +52,21 @@ fn slip10_ed25519_vectors() {
         for d in v["derivations"].as_array().unwrap() {
             let path = parse_hardened_path(d["path"].as_str().unwrap()).unwrap();
             let node = Slip10Node::derive_path(&seed, &path);
-            assert_eq!(hex::encode(&node.key[..]), d["private"].as_str().unwrap(), "{}", d["path"]);
-            assert_eq!(hex::encode(&node.chain_code[..]), d["chain_code"].as_str().unwrap());
+            assert_eq!(
+                hex::encode(&node.key[..]),
+                d["private"].as_str().unwrap(),
+                "{}",
+                d["path"]
+            );
+            assert_eq!(
+                hex::encode(&node.chain_code[..]),
+                d["chain_code"].as_str().unwrap()
+            );
             let public = SecretKey::from_bytes(&node.key).public_key();
-            assert_eq!(format!("00{}", public.to_hex()), d["public"].as_str().unwrap());
+            assert_eq!(
+                format!("00{}", public.to_hex()),
+                d["public"].as_str().unwrap()
+            );
             steps += 1;
         }
     }
@@ -60,7 +84,12 @@ fn rfc8032_ed25519_vectors() {
         assert_eq!(secret.public_key(), public, "{}", v["name"]);
         let message = hex::decode(v["message"].as_str().unwrap()).unwrap();
         let signature = secret.sign_raw(&message);
-        assert_eq!(signature.to_hex(), v["signature"].as_str().unwrap(), "{}", v["name"]);
+        assert_eq!(
+            signature.to_hex(),
+            v["signature"].as_str().unwrap(),
+            "{}",
+            v["name"]
+        );
         public.verify_raw(&message, &signature).unwrap();
         let mut bad = signature.0;
         bad[0] ^= 1;
@@ -78,5 +107,8 @@ fn restoring_the_same_words_gives_the_same_identity_key() {
     let b = kith_identity::keys::identity_key_from_seed(&seed).public_key();
     assert_eq!(a, b);
     let other = parse_mnemonic(words).unwrap().to_seed_normalized("TREZOR");
-    assert_ne!(a, kith_identity::keys::identity_key_from_seed(&other).public_key());
+    assert_ne!(
+        a,
+        kith_identity::keys::identity_key_from_seed(&other).public_key()
+    );
 }

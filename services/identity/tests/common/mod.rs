@@ -13,7 +13,11 @@ pub const PASS: &str = "test passphrase";
 
 /// Options for a test device: the cheap KDF keeps the suite fast.
 pub fn options(name: &str) -> SetupOptions {
-    SetupOptions { device_name: name.into(), kdf: KdfParams::INSECURE_FAST, ..Default::default() }
+    SetupOptions {
+        device_name: name.into(),
+        kdf: KdfParams::INSECURE_FAST,
+        ..Default::default()
+    }
 }
 
 pub fn new_identity(dir: &std::path::Path, name: &str) -> (Home, IdentityService, String) {
@@ -42,19 +46,34 @@ pub async fn serve(home: &Home, service: IdentityService, via: Via) -> Served {
     let token = Token::generate();
     let api = Arc::new(service);
     match via {
-        Via::Local => Served { client: IdentityClient::local(api), server: None, token },
+        Via::Local => Served {
+            client: IdentityClient::local(api),
+            server: None,
+            token,
+        },
         Via::Unix => {
             let path = home.socket("identity");
             let server = spawn(api, &[Listen::Unix(path.clone())]).await.unwrap();
             let client = IdentityClient::connect(Connection::new(Endpoint::Unix(path), None));
-            Served { client, server: Some(server), token }
+            Served {
+                client,
+                server: Some(server),
+                token,
+            }
         }
         Via::Tcp => {
-            let listen = Listen::Tcp { addr: "127.0.0.1:0".parse().unwrap(), token: token.clone() };
+            let listen = Listen::Tcp {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                token: token.clone(),
+            };
             let server = spawn(api, &[listen]).await.unwrap();
             let endpoint = server.endpoints()[0].clone();
             let client = IdentityClient::connect(Connection::new(endpoint, Some(token.clone())));
-            Served { client, server: Some(server), token }
+            Served {
+                client,
+                server: Some(server),
+                token,
+            }
         }
     }
 }
