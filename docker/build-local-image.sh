@@ -34,6 +34,10 @@ if [[ ! -f $binary || ! -x $binary ]]; then
     exit 1
 fi
 
+image_id() { docker image inspect -f '{{.Id}}' "$1" 2>/dev/null || true; }
+old_image=$(image_id "$IMAGE")
+old_base=$(image_id "$KITH_BASE_IMAGE")
+
 bash "$here/make-base-image.sh" "${base_args[@]}" "$binary"
 
 context=$(mktemp -d "${TMPDIR:-/tmp}/kith-image.XXXXXX")
@@ -49,3 +53,9 @@ chmod 0755 "$context/kith"
 echo "build-local-image: building $IMAGE from $binary ($(du -h "$context/kith" | cut -f1) in context)"
 docker build --quiet --build-arg "BASE_IMAGE=$KITH_BASE_IMAGE" -t "$IMAGE" "$context" >/dev/null
 docker image inspect -f "build-local-image: $IMAGE {{.Id}} {{.Size}} bytes" "$IMAGE"
+
+# Drop the images this build replaced, so repeated runs do not pile up untagged images. Still in
+# use (a running container, another tag)? Then docker refuses and they stay.
+[[ -n $old_image && $old_image != "$(image_id "$IMAGE")" ]] && docker image rm "$old_image" >/dev/null 2>&1
+[[ -n $old_base && $old_base != "$(image_id "$KITH_BASE_IMAGE")" ]] && docker image rm "$old_base" >/dev/null 2>&1
+exit 0

@@ -119,7 +119,9 @@ port=$(free_port) || fail "found no free port"
 export KITH_DATA_DIR=$data
 export KITH_PASSPHRASE_FILE_HOST=$passfile
 export KITH_IDENTITY_PORT=$port
-export KITH_UID=$(id -u) KITH_GID=$(id -g)
+KITH_UID=$(id -u)
+KITH_GID=$(id -g)
+export KITH_UID KITH_GID
 export KITH_HEALTHCHECK_INTERVAL=1s
 export KITH_LOG=info
 
