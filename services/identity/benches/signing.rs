@@ -47,8 +47,7 @@ where
     }
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::new(dir.path());
     let options = SetupOptions {
@@ -62,22 +61,65 @@ async fn main() {
             .service,
     );
     let token = Token::generate();
-    let listen = [
+    let listen = vec![
         Listen::Unix(home.socket("identity")),
         Listen::Tcp {
             addr: "127.0.0.1:0".parse().unwrap(),
             token: token.clone(),
         },
     ];
-    let server = kith_identity::daemon::spawn(service.clone(), &listen)
-        .await
+    let bare_socket = dir.path().join("bare.sock");
+    // The servers run on their own thread and runtime, as they would in their own process; the
+    // callers use a single-threaded runtime, like the `kith` command.
+    let (endpoint_tx, endpoint_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = {
+        let service = service.clone();
+        let bare_socket = bare_socket.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let server = kith_identity::daemon::spawn(service, &listen)
+                    .await
+                    .unwrap();
+                // The transport anchor: a bare tonic server (health only, none of Kith's layers).
+                let (_reporter, health) = tonic_health::server::health_reporter();
+                let bare = tokio::net::UnixListener::bind(&bare_socket).unwrap();
+                tokio::spawn(
+                    tonic::transport::Server::builder()
+                        .add_service(health)
+                        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(bare)),
+                );
+                endpoint_tx.send(server.endpoints()[1].clone()).unwrap();
+                let _ = stop_rx.await;
+                server.shutdown().await;
+            })
+        })
+    };
+    let tcp = endpoint_rx.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    let tcp = server.endpoints()[1].clone();
+    runtime.block_on(run(service, home, tcp, token, bare_socket));
+    stop_tx.send(()).unwrap();
+    server_thread.join().unwrap();
+}
+
+async fn run(
+    service: Arc<IdentityService>,
+    home: Home,
+    tcp: Endpoint,
+    token: Token,
+    bare_socket: std::path::PathBuf,
+) {
+    let bare = Connection::new(Endpoint::Unix(bare_socket), None);
+    let kith_unix = Connection::new(Endpoint::Unix(home.socket("identity")), None);
     let local = IdentityClient::local(service.clone());
-    let unix = IdentityClient::connect(Connection::new(
-        Endpoint::Unix(home.socket("identity")),
-        None,
-    ));
+    let unix = IdentityClient::connect(kith_unix.clone());
     let tcp = IdentityClient::connect(Connection::new(tcp, Some(token)));
 
     let context = Context::new("bench/sign").unwrap();
@@ -127,6 +169,8 @@ async fn main() {
         "library direct sign, per sig in batch of 256",
         "gRPC unix sign_batch, per sig (256)",
         "gRPC tcp sign_batch, per sig (256)",
+        "bare tonic health check, unix (transport anchor)",
+        "Kith server health check, unix",
     ];
     let mut samples: Vec<Samples> = names.iter().map(|_| Samples(Vec::new())).collect();
     for _ in 0..ROUNDS {
@@ -167,6 +211,14 @@ async fn main() {
             })
             .await;
         }
+        time_calls(&mut samples[13], || async {
+            kith_service::health_check(&bare, "").await.unwrap();
+        })
+        .await;
+        time_calls(&mut samples[14], || async {
+            kith_service::health_check(&kith_unix, "").await.unwrap();
+        })
+        .await;
         // Batches: time whole calls, record per-signature cost.
         for (slot, client) in [(10, None), (11, Some(&unix)), (12, Some(&tcp))] {
             for _ in 0..CALLS_PER_ROUND / 40 {
@@ -186,8 +238,6 @@ async fn main() {
             }
         }
     }
-    server.shutdown().await;
-
     let medians: Vec<(f64, f64)> = samples
         .iter_mut()
         .map(|s| (s.median_us(), s.p90_us()))
@@ -223,7 +273,7 @@ async fn main() {
         verdict(medians[11].0 / medians[10].0 <= 1.5 && medians[12].0 / medians[10].0 <= 1.5),
     );
     let section = format!(
-        "Measured {} by `cargo bench -p kith-identity --bench signing` (release, {ROUNDS} interleaved rounds × {CALLS_PER_ROUND} calls, 64-byte messages, 2 tokio workers; server and client in one process).\n\n{table}\n{targets}\n",
+        "Measured {} by `cargo bench -p kith-identity --bench signing` (release, {ROUNDS} interleaved rounds × {CALLS_PER_ROUND} calls, 64-byte messages, server on its own thread and runtime, client on a single-threaded runtime, one process).\n\n{table}\n{targets}\n",
         today()
     );
     println!("{section}");
