@@ -111,14 +111,16 @@ fn init_show_sign_and_independent_verification() {
     ] {
         assert!(init[field].is_string(), "missing {field}: {init}");
     }
-    assert_eq!(
-        init["mnemonic"]
-            .as_str()
-            .unwrap()
-            .split_whitespace()
-            .count(),
-        24
-    );
+    let words = init["mnemonic"].as_str().unwrap();
+    assert_eq!(words.split_whitespace().count(), 24);
+    // Secrets rest only encrypted: neither the words nor any three consecutive of them appear in
+    // any file of the home.
+    let first_three: Vec<&str> = words.split_whitespace().take(3).collect();
+    for (path, bytes) in snapshot(&home) {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(!text.contains(words), "{}", path.display());
+        assert!(!text.contains(&first_three.join(" ")), "{}", path.display());
+    }
     assert_eq!(init["derivation_path"], "m/5484'/0'/0'");
     let show = kith(&home, &["--json", "id", "show"]).json();
     assert_eq!(show["identity_public_key"], init["identity_public_key"]);
