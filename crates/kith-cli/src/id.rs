@@ -13,6 +13,7 @@ use serde_json::json;
 
 use crate::context::Ctx;
 use crate::output::emit;
+use crate::setup::identity_json;
 
 #[derive(clap::Subcommand)]
 pub enum IdCommand {
@@ -80,33 +81,21 @@ pub async fn run(ctx: &Ctx, cmd: IdCommand) -> anyhow::Result<()> {
     match cmd {
         IdCommand::Show => {
             let info = ctx.identity().await?.show().await?;
-            emit(
-                ctx.json,
-                json!({
-                    "id": info.id,
-                    "identity_public_key": info.identity.to_hex(),
-                    "device_public_key": info.device.to_hex(),
-                    "device_name": info.attestation.name,
-                    "search_code": info.search_code,
-                    "derivation_path": info.derivation_path,
-                    "holds_identity_secret": info.holds_identity_secret,
-                }),
-                || {
-                    format!(
-                        "id:            {}\nsearch code:   {}\nidentity key:  {}\ndevice key:    {} ({})\nholds words:   {}",
-                        info.id,
-                        info.search_code,
-                        info.identity.to_hex(),
-                        info.device.to_hex(),
-                        info.attestation.name,
-                        if info.holds_identity_secret {
-                            "yes"
-                        } else {
-                            "no (linked device)"
-                        }
-                    )
-                },
-            );
+            emit(ctx.json, identity_json(&info), || {
+                format!(
+                    "id:            {}\nsearch code:   {}\nidentity key:  {}\ndevice key:    {} ({})\nholds words:   {}",
+                    info.id,
+                    info.search_code,
+                    info.identity.to_hex(),
+                    info.device.to_hex(),
+                    info.attestation.name,
+                    if info.holds_identity_secret {
+                        "yes"
+                    } else {
+                        "no (linked device)"
+                    }
+                )
+            });
         }
         IdCommand::Sign { context, key, file } => {
             let context = Context::for_caller(&context)?;

@@ -99,22 +99,29 @@ pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
     let NodeCommand::Up {
         identity: identity_args,
     } = cmd;
-    let identity = Arc::new(open_identity(ctx, true).await?);
-    let id = identity.show().await?.id;
-    let listen = identity_args.listeners(&ctx.home)?;
-    let identity_server = kith_identity::daemon::spawn(identity, &listen).await?;
-    serve_until_signal(ctx, vec![(IDENTITY, identity_server)], id).await;
+    let (server, id) = start_identity(ctx, &identity_args, true).await?;
+    serve_until_signal(ctx, vec![(IDENTITY, server)], id).await;
     Ok(())
+}
+
+/// Opens (or, with `create`, first creates) the identity and serves it; returns the server and
+/// the printable id.
+async fn start_identity(
+    ctx: &Ctx,
+    args: &ServeArgs,
+    create: bool,
+) -> anyhow::Result<(ServerHandle, String)> {
+    let identity = Arc::new(open_identity(ctx, create).await?);
+    let id = identity.show().await?.id;
+    let listen = args.listeners(&ctx.home)?;
+    Ok((kith_identity::daemon::spawn(identity, &listen).await?, id))
 }
 
 pub async fn run_serve(ctx: &Ctx, cmd: ServeCommand) -> anyhow::Result<()> {
     kith_service::init_tracing("info");
     match cmd {
         ServeCommand::Identity { args } => {
-            let identity = Arc::new(open_identity(ctx, false).await?);
-            let id = identity.show().await?.id;
-            let listen = args.listeners(&ctx.home)?;
-            let server = kith_identity::daemon::spawn(identity, &listen).await?;
+            let (server, id) = start_identity(ctx, &args, false).await?;
             serve_until_signal(ctx, vec![(IDENTITY, server)], id).await;
         }
     }

@@ -62,20 +62,26 @@ pub async fn init(ctx: &Ctx, args: InitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn print_created(
-    ctx: &Ctx,
-    info: &kith_identity::api::IdentityInfo,
-    mnemonic: Option<&Zeroizing<String>>,
-) {
-    let mut value = json!({
+/// The public facts of an identity, as every command prints them in JSON.
+pub fn identity_json(info: &kith_identity::api::IdentityInfo) -> serde_json::Value {
+    json!({
         "id": info.id,
         "identity_public_key": info.identity.to_hex(),
         "device_public_key": info.device.to_hex(),
         "device_name": info.attestation.name,
         "search_code": info.search_code,
         "derivation_path": info.derivation_path,
-        "home": ctx.home.root().display().to_string(),
-    });
+        "holds_identity_secret": info.holds_identity_secret,
+    })
+}
+
+pub fn print_created(
+    ctx: &Ctx,
+    info: &kith_identity::api::IdentityInfo,
+    mnemonic: Option<&Zeroizing<String>>,
+) {
+    let mut value = identity_json(info);
+    value["home"] = json!(ctx.home.root().display().to_string());
     if let Some(words) = mnemonic {
         value["mnemonic"] = json!(words.as_str());
     }

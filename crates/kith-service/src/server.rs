@@ -132,6 +132,48 @@ impl ServiceServer {
         let mut tasks = JoinSet::new();
         let mut endpoints = Vec::new();
         let mut sockets = Vec::new();
+        let bound = Self::bind_all(
+            self.name,
+            &base,
+            listen,
+            &cancel,
+            &mut tasks,
+            &mut endpoints,
+            &mut sockets,
+        )
+        .await;
+        if let Err(err) = bound {
+            // Do not leave the listeners that did bind running.
+            cancel.cancel();
+            tasks.abort_all();
+            for path in &sockets {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(err);
+        }
+        for endpoint in &endpoints {
+            tracing::info!(service = self.name, %endpoint, "serving");
+        }
+        Ok(ServerHandle {
+            name: self.name,
+            endpoints,
+            sockets,
+            cancel,
+            tasks,
+            health,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn bind_all(
+        name: &'static str,
+        base: &axum::Router,
+        listen: &[Listen],
+        cancel: &CancellationToken,
+        tasks: &mut JoinSet<()>,
+        endpoints: &mut Vec<Endpoint>,
+        sockets: &mut Vec<PathBuf>,
+    ) -> Result<(), ServeError> {
         for listener in listen {
             match listener {
                 Listen::Unix(path) => {
@@ -141,19 +183,9 @@ impl ServiceServer {
                         Ok(stream) => peer_allowed(stream, owner),
                         Err(_) => true,
                     });
-                    let router = tonic_server().add_routes(Routes::from(base.clone()));
-                    let shutdown = cancel.clone().cancelled_owned();
-                    let name = self.name;
-                    tasks.spawn(async move {
-                        if let Err(err) = router
-                            .serve_with_incoming_shutdown(incoming, shutdown)
-                            .await
-                        {
-                            tracing::error!(service = name, error = %err, "unix listener failed");
-                        }
-                    });
-                    endpoints.push(Endpoint::Unix(path.clone()));
                     sockets.push(path.clone());
+                    serve_on(tasks, name, base.clone(), incoming, cancel);
+                    endpoints.push(Endpoint::Unix(path.clone()));
                 }
                 Listen::Tcp { addr, token } => {
                     let tcp = TcpListener::bind(addr)
@@ -169,39 +201,49 @@ impl ServiceServer {
                     let router = base
                         .clone()
                         .layer(from_fn_with_state(token.clone(), require_token));
-                    let router = tonic_server().add_routes(Routes::from(router));
                     let incoming = TcpListenerStream::new(tcp).map(|conn| {
                         if let Ok(stream) = &conn {
                             let _ = stream.set_nodelay(true);
                         }
                         conn
                     });
-                    let shutdown = cancel.clone().cancelled_owned();
-                    let name = self.name;
-                    tasks.spawn(async move {
-                        if let Err(err) = router
-                            .serve_with_incoming_shutdown(incoming, shutdown)
-                            .await
-                        {
-                            tracing::error!(service = name, error = %err, "tcp listener failed");
-                        }
-                    });
+                    serve_on(tasks, name, router, incoming, cancel);
                     endpoints.push(Endpoint::Tcp(local));
                 }
             }
         }
-        for endpoint in &endpoints {
-            tracing::info!(service = self.name, %endpoint, "serving");
-        }
-        Ok(ServerHandle {
-            name: self.name,
-            endpoints,
-            sockets,
-            cancel,
-            tasks,
-            health,
-        })
+        Ok(())
     }
+}
+
+/// Serves `router` on the connections of `incoming` until `cancel` fires, as a task in `tasks`.
+fn serve_on<I, IO, IE>(
+    tasks: &mut JoinSet<()>,
+    service: &'static str,
+    router: axum::Router,
+    incoming: I,
+    cancel: &CancellationToken,
+) where
+    I: tokio_stream::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = tonic_server().add_routes(Routes::from(router));
+    let shutdown = cancel.clone().cancelled_owned();
+    tasks.spawn(async move {
+        if let Err(err) = server
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(service, error = %err, "listener failed");
+        }
+    });
 }
 
 fn tonic_server() -> tonic::transport::Server {
@@ -306,6 +348,13 @@ async fn observe_rpc(
         .and_then(|v| v.parse::<i32>().ok())
         .unwrap_or(0);
     let elapsed = started.elapsed();
+    // Unknown paths all count as one label, so callers cannot grow the metrics without bound.
+    const UNIMPLEMENTED: i32 = 12;
+    let method = if code == UNIMPLEMENTED {
+        "unknown".to_owned()
+    } else {
+        method
+    };
     metrics.observe_rpc(&method, code, elapsed);
     span.in_scope(|| tracing::debug!(code, micros = elapsed.as_micros() as u64, "rpc done"));
     response

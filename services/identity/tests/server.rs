@@ -197,3 +197,23 @@ async fn requests_over_the_transport_limit_are_refused_with_a_typed_error() {
     served.client.show().await.unwrap();
     served.server.unwrap().shutdown().await;
 }
+
+#[tokio::test]
+async fn a_failed_bind_leaves_nothing_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home, service, _) = new_identity(dir.path(), "alice");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let socket = home.socket("identity");
+    let listen = [
+        Listen::Unix(socket.clone()),
+        Listen::Tcp {
+            addr: taken.local_addr().unwrap(),
+            token: Token::generate(),
+        },
+    ];
+    let err = kith_identity::daemon::spawn(Arc::new(service), &listen)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("bind tcp://"), "{err}");
+    assert!(!socket.exists(), "the unix listener that did bind is gone");
+}
