@@ -694,3 +694,24 @@ fn serve_identity_over_tcp_requires_the_cookie() {
     assert!(!elsewhere.exists(), "a remote call writes nothing locally");
     assert_eq!(sigterm(&mut node), 0);
 }
+
+#[test]
+fn the_bip39_passphrase_is_part_of_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = kith_cmd(&dir.path().join("a"));
+    cmd.env("KITH_BIP39_PASSPHRASE", "twenty-fifth word");
+    let init = run_with(cmd, &["--json", "init"], b"").json();
+    let words = init["mnemonic"].as_str().unwrap();
+
+    let without = kith_in(
+        &dir.path().join("b"),
+        &["--json", "restore"],
+        words.as_bytes(),
+    )
+    .json();
+    assert_ne!(without["identity_public_key"], init["identity_public_key"]);
+    let mut cmd = kith_cmd(&dir.path().join("c"));
+    cmd.env("KITH_BIP39_PASSPHRASE", "twenty-fifth word");
+    let with = run_with(cmd, &["--json", "restore"], words.as_bytes()).json();
+    assert_eq!(with["identity_public_key"], init["identity_public_key"]);
+}
