@@ -170,9 +170,24 @@ where
     call().await
 }
 
-/// A status made by the client's transport (not by a server handler).
+/// A status made by the client's transport because it could not connect: the request cannot
+/// have reached a handler. (A connection that broke mid-call is not retried: the call may have
+/// been handled.)
 fn is_connection_failure(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.details().is_empty()
+    if status.code() != tonic::Code::Unavailable || !status.details().is_empty() {
+        return false;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+            );
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Asks the server's `grpc.health.v1` service whether `service` (a full gRPC service name such
