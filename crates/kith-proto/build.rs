@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "google/rpc/status.proto",
     "kith/common/v1/common.proto",
     "kith/identity/v1/identity.proto",
 ];

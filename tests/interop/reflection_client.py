@@ -174,28 +174,21 @@ def error_detail_of(err: grpc.RpcError, error_detail, run: Run):
     """The kith.common.v1.ErrorDetail of a failed call, how it was encoded, and the raw trailer.
 
     The gRPC convention (grpc-go, grpc-java, grpcio-status) is a google.rpc.Status in the trailer
-    that repeats the code and message, with typed details as google.protobuf.Any; tonic's
-    Status::with_details sends whatever bytes it is given, so a bare ErrorDetail is accepted too,
-    and reported as a known issue."""
+    that repeats the code and message, with typed details as google.protobuf.Any. Kith must follow
+    it: grpc-go (and so grpcurl) turns any other trailer into INTERNAL."""
     raw = status_details(err)
     expect(raw is not None, "no grpc-status-details-bin trailer")
     try:
         standard = rpc_status.from_call(err)
     except ValueError as why:
-        standard, not_standard = None, str(why)
-    if standard is not None:
-        found = [d for d in standard.details if d.type_url.rpartition("/")[2] == ERROR_DETAIL]
-        expect(
-            len(found) == 1,
-            f"google.rpc.Status in the trailer carries no single {ERROR_DETAIL}: {[d.type_url for d in standard.details]}",
-        )
-        return error_detail.FromString(found[0].value), f"google.rpc.Status with an Any {found[0].type_url}", raw
-    run.note(
-        f"KNOWN ISSUE: grpc-status-details-bin is a bare {ERROR_DETAIL}, not a google.rpc.Status: "
-        f"grpcio-status's rpc_status.from_call raises ValueError({not_standard!r}); grpc-go, and so "
-        "grpcurl, turns such a status into INTERNAL 'grpc-status-details-bin mismatch'"
+        expect(False, f"grpc-status-details-bin is not a standard google.rpc.Status: {why}")
+    expect(standard is not None, "grpcio-status found no google.rpc.Status")
+    found = [d for d in standard.details if d.type_url.rpartition("/")[2] == ERROR_DETAIL]
+    expect(
+        len(found) == 1,
+        f"google.rpc.Status in the trailer carries no single {ERROR_DETAIL}: {[d.type_url for d in standard.details]}",
     )
-    return error_detail.FromString(raw), f"bare {ERROR_DETAIL}", raw
+    return error_detail.FromString(found[0].value), f"google.rpc.Status with an Any {found[0].type_url}", raw
 
 
 def blake3_or_none():

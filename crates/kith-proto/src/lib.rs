@@ -5,6 +5,13 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/kith_descriptor.bin"));
 
+/// The standard gRPC rich error model, carried in `grpc-status-details-bin`.
+pub mod google {
+    pub mod rpc {
+        tonic::include_proto!("google.rpc");
+    }
+}
+
 pub mod common {
     pub mod v1 {
         tonic::include_proto!("kith.common.v1");

@@ -2,12 +2,27 @@
 //!
 //! Every service has one error enum (declared with [`service_error!`]) whose variants each map to a
 //! stable reason string and a gRPC code. A server turns an error into a `Status` whose binary
-//! details carry a `kith.common.v1.ErrorDetail`; a remote client rebuilds the very same variant
-//! from it, so local and remote callers see identical errors.
+//! details (`grpc-status-details-bin`) are a standard `google.rpc.Status` carrying a
+//! `kith.common.v1.ErrorDetail`; a remote client rebuilds the very same variant from it, so local
+//! and remote callers see identical errors, and any other gRPC client can read the reason.
 
 use kith_proto::common::v1::ErrorDetail;
+use kith_proto::google::rpc::Status as RichStatus;
 use prost::Message;
 use tonic::{Code, Status};
+
+/// The `Any` type URL of [`ErrorDetail`].
+pub const ERROR_DETAIL_TYPE_URL: &str = "type.googleapis.com/kith.common.v1.ErrorDetail";
+
+/// The reason in a status's rich details, if it carries a Kith `ErrorDetail`.
+fn error_detail(status: &Status) -> Option<ErrorDetail> {
+    let rich = RichStatus::decode(status.details()).ok()?;
+    let any = rich
+        .details
+        .iter()
+        .find(|a| a.type_url == ERROR_DETAIL_TYPE_URL)?;
+    ErrorDetail::decode(any.value.as_slice()).ok()
+}
 
 /// What a service error means to a caller; maps one-to-one onto a subset of gRPC codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +71,24 @@ pub trait ServiceError: std::error::Error + Send + Sync + Sized + 'static {
             reason: self.reason().to_owned(),
             message: self.message().to_owned(),
         };
+        let rich = RichStatus {
+            code: self.code().grpc() as i32,
+            message: self.message().to_owned(),
+            details: vec![prost_types::Any {
+                type_url: ERROR_DETAIL_TYPE_URL.to_owned(),
+                value: detail.encode_to_vec(),
+            }],
+        };
         Status::with_details(
             self.code().grpc(),
             self.message().to_owned(),
-            detail.encode_to_vec().into(),
+            rich.encode_to_vec().into(),
         )
     }
 
     /// Decodes a status received from a server into the typed error.
     fn from_status(status: &Status) -> Self {
-        if let Ok(detail) = ErrorDetail::decode(status.details())
+        if let Some(detail) = error_detail(status)
             && let Some(err) = Self::from_reason(&detail.reason, detail.message)
         {
             return err;
@@ -213,6 +236,17 @@ mod tests {
             assert_eq!(status.code(), err.code().grpc());
             assert_eq!(TestError::from_status(&status), err);
         }
+    }
+
+    #[test]
+    fn details_are_a_standard_rich_status() {
+        let status = TestError::Missing("no such thing".into()).to_status();
+        let rich = RichStatus::decode(status.details()).unwrap();
+        assert_eq!(rich.code, Code::NotFound as i32);
+        assert_eq!(rich.message, "no such thing");
+        assert_eq!(rich.details[0].type_url, ERROR_DETAIL_TYPE_URL);
+        let detail = ErrorDetail::decode(rich.details[0].value.as_slice()).unwrap();
+        assert_eq!(detail.reason, "missing");
     }
 
     #[test]
