@@ -170,12 +170,19 @@ impl Context {
     /// A context callers may sign under (not reserved for the service's own records).
     pub fn for_caller(text: &str) -> Result<Self> {
         let context = Self::new(text)?;
-        if context.is_reserved() {
+        context.check_caller()?;
+        Ok(context)
+    }
+
+    /// Refuses a context reserved for the service's own records.
+    pub fn check_caller(&self) -> Result<()> {
+        if self.is_reserved() {
             return Err(IdentityError::ReservedContext(format!(
-                "context {text:?} is reserved: contexts starting with {RESERVED_CONTEXT_PREFIX:?} are signed only by the identity service itself"
+                "context {:?} is reserved: contexts starting with {RESERVED_CONTEXT_PREFIX:?} are signed only by the identity service itself",
+                self.0
             )));
         }
-        Ok(context)
+        Ok(())
     }
 
     pub(crate) fn internal(text: &'static str) -> Self {

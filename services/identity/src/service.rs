@@ -476,9 +476,7 @@ impl IdentityApi for IdentityService {
     }
 
     async fn sign(&self, key: KeyKind, context: Context, message: Bytes) -> Result<SignedMessage> {
-        if context.is_reserved() {
-            return Err(Context::for_caller(context.as_str()).unwrap_err());
-        }
+        context.check_caller()?;
         check_message(&message)?;
         let key = self.key(key)?;
         let (signature, signed_bytes) = key.sign(&context, &message);
@@ -491,8 +489,8 @@ impl IdentityApi for IdentityService {
 
     async fn sign_batch(&self, key: KeyKind, items: Vec<SignItem>) -> Result<BatchSignature> {
         check_batch(items.iter().map(|i| i.message.len()))?;
-        if let Some(item) = items.iter().find(|i| i.context.is_reserved()) {
-            return Err(Context::for_caller(item.context.as_str()).unwrap_err());
+        for item in &items {
+            item.context.check_caller()?;
         }
         let key = self.key(key)?;
         let signatures = items
