@@ -2,8 +2,10 @@
 //! named by their keys.
 //!
 //! An endpoint dials with [`Endpoint::connect`]. It accepts nothing until a
-//! [`Router`](crate::Router) is spawned on it with the protocols to serve; until then incoming
-//! handshakes are refused by quinn at once. [`Endpoint::close`] shuts it down in order.
+//! [`Router`](crate::Router) is spawned on it with the protocols to serve; until then (and after
+//! shutdown) quinn answers an incoming Initial with at most a stateless reset, which is no
+//! larger than the request, so the dialler simply times out. [`Endpoint::close`] shuts it down
+//! in order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -107,7 +109,7 @@ impl Endpoint {
         let tls = TlsIdentity::new(&secret)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Config("no tokio runtime".into()))?;
-        // No server config yet: incoming handshakes are refused until a router serves protocols.
+        // No server config yet: nothing is accepted until a router serves protocols.
         let quinn = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
             .map_err(|source| TransportError::Bind {
             addr: options.bind_addr,

@@ -492,6 +492,29 @@ mod tests {
     }
 
     #[test]
+    fn client_verifier_requires_an_ed25519_key_and_client_auth() {
+        let verifier = AnyPeerClientVerifier::new(&identity().provider);
+        assert!(verifier.offer_client_auth() && verifier.client_auth_mandatory());
+        assert!(verifier.requires_raw_public_keys());
+        let now = UnixTime::now();
+        let ecdsa = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let refused = verifier
+            .verify_client_cert(&CertificateDer::from(ecdsa.public_key_der()), &[], now)
+            .unwrap_err();
+        match refused {
+            TlsError::InvalidCertificate(CertificateError::Other(OtherError(reason))) => {
+                assert_eq!(
+                    reason.downcast_ref::<KeyRefused>(),
+                    Some(&KeyRefused::NotEd25519)
+                )
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let ed25519 = CertificateDer::from(ed25519_spki(&identity().peer_id()).as_ref().to_vec());
+        assert!(verifier.verify_client_cert(&ed25519, &[], now).is_ok());
+    }
+
+    #[test]
     fn handshake_authenticates_both_keys() {
         let (client, server) = (identity(), identity());
         let (config, verifier) = client.client_config(server.peer_id(), b"test").unwrap();
