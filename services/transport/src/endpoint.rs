@@ -144,6 +144,10 @@ impl Endpoint {
 
     /// Connects to `peer` at `addr` for protocol `alpn`. The handshake fails, and no stream can
     /// be opened, unless the other end proves it holds `peer`'s key and serves `alpn`.
+    ///
+    /// In TLS 1.3 the dialler finishes before the acceptor has checked the dialler's key, so a
+    /// peer that refuses *us* shows up as a connection that closes right after `connect`
+    /// returns (its streams fail with [`TransportError::Connection`]).
     pub async fn connect(
         &self,
         peer: PeerId,

@@ -127,10 +127,10 @@ impl Router {
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         let mut task = self.task.lock().await;
-        if let Some(task) = task.take() {
-            if let Err(error) = task.await {
-                warn!(%error, "router task failed");
-            }
+        if let Some(task) = task.take()
+            && let Err(error) = task.await
+        {
+            warn!(%error, "router task failed");
         }
     }
 
