@@ -1,0 +1,429 @@
+//! Kith's transport against raw quinn, measured in one run with the same transport settings,
+//! the same socket set-up and the same loopback path:
+//!
+//! - bulk throughput on one stream (a connection per system, one stream per round);
+//! - connection set-up: the dialler's `connect` until it returns, and `connect` plus a first
+//!   one-byte stream round trip (which also covers the accepting side finishing the handshake,
+//!   checking the dialler's key and routing the connection to its protocol handler).
+//!
+//! Raw quinn is the anchor: rustls on the same ring provider, an ordinary self-signed ECDSA P-256
+//! certificate, a client verifier that skips verification, no client authentication. Kith signs
+//! and verifies on both ends (ed25519 raw public keys). Both sides do full handshakes (session
+//! resumption is off in both, as it is in Kith, where a resumed session would prove no key).
+//!
+//! Run: `cargo bench -p kith-transport --bench quic` (release). The server endpoints run on their
+//! own thread and single-threaded runtime, like another process; the clients on the main thread.
+//! Figures are medians over interleaved rounds (the machine is shared and noisy). Writes its
+//! table into BENCHMARKS.md.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use kith_transport::socket::bind_udp_socket;
+use kith_transport::{
+    Connection, Endpoint, EndpointOptions, PeerId, ProtocolHandler, Router, SecretKey,
+};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+const ALPN: &[u8] = b"kith/bench/1";
+const ROUNDS: usize = 11;
+const BULK_BYTES: usize = 128 << 20;
+const WRITE_SIZE: usize = 1 << 20;
+const CONNECTS_PER_ROUND: usize = 40;
+
+/// Reads a stream to its end and answers with the number of bytes it got.
+async fn sink(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut total = 0u64;
+    while let Ok(Some(chunk)) = recv.read_chunk(usize::MAX, true).await {
+        total += chunk.bytes.len() as u64;
+    }
+    let _ = send.write_all(&total.to_le_bytes()).await;
+    let _ = send.finish();
+}
+
+struct KithSink;
+
+#[async_trait]
+impl ProtocolHandler for KithSink {
+    async fn accept(&self, conn: Connection) {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            tokio::spawn(sink(send, recv));
+        }
+    }
+}
+
+async fn raw_accept_loop(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                tokio::spawn(sink(send, recv));
+            }
+        });
+    }
+}
+
+fn options() -> EndpointOptions {
+    EndpointOptions::localhost()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Raw quinn on the same kind of socket with the same transport settings.
+fn raw_endpoint(server: Option<quinn::ServerConfig>) -> quinn::Endpoint {
+    let options = options();
+    let socket = bind_udp_socket(options.bind_addr, options.socket_buffer_bytes).unwrap();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap()
+}
+
+fn raw_server_config() -> quinn::ServerConfig {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    config.transport_config(Arc::new(options().transport_config()));
+    config
+}
+
+#[derive(Debug)]
+struct SkipVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn raw_client_config() -> quinn::ClientConfig {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SkipVerification(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    config.transport_config(Arc::new(options().transport_config()));
+    config
+}
+
+struct Servers {
+    kith_peer: PeerId,
+    kith_addr: SocketAddr,
+    raw_addr: SocketAddr,
+}
+
+/// One system under test, seen from the dialling side.
+enum System {
+    Kith {
+        endpoint: Endpoint,
+        peer: PeerId,
+        addr: SocketAddr,
+    },
+    Raw {
+        endpoint: quinn::Endpoint,
+        config: quinn::ClientConfig,
+        addr: SocketAddr,
+    },
+}
+
+/// Either kind of connection, to open streams on.
+enum Conn {
+    Kith(Connection),
+    Raw(quinn::Connection),
+}
+
+impl Conn {
+    async fn open_bi(&self) -> (quinn::SendStream, quinn::RecvStream) {
+        match self {
+            Conn::Kith(conn) => conn.open_bi().await.unwrap(),
+            Conn::Raw(conn) => conn.open_bi().await.unwrap(),
+        }
+    }
+    fn close(&self) {
+        match self {
+            Conn::Kith(conn) => conn.close(0u32.into(), b"done"),
+            Conn::Raw(conn) => conn.close(0u32.into(), b"done"),
+        }
+    }
+}
+
+impl System {
+    async fn connect(&self) -> Conn {
+        match self {
+            System::Kith {
+                endpoint,
+                peer,
+                addr,
+            } => Conn::Kith(endpoint.connect(*peer, *addr, ALPN).await.unwrap()),
+            System::Raw {
+                endpoint,
+                config,
+                addr,
+            } => Conn::Raw(
+                endpoint
+                    .connect_with(config.clone(), *addr, "localhost")
+                    .unwrap()
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
+/// Sends `BULK_BYTES` on one new stream; returns MiB/s from opening the stream until the far
+/// end confirmed it read everything.
+async fn bulk_round(conn: &Conn) -> f64 {
+    let block = vec![0x5au8; WRITE_SIZE];
+    let started = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await;
+    for _ in 0..BULK_BYTES / WRITE_SIZE {
+        send.write_all(&block).await.unwrap();
+    }
+    send.finish().unwrap();
+    let answer = recv.read_to_end(8).await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(answer, (BULK_BYTES as u64).to_le_bytes());
+    BULK_BYTES as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
+}
+
+/// Connects; returns the time `connect` took and the time until a first one-byte stream round
+/// trip completed.
+async fn connect_round(system: &System) -> (Duration, Duration) {
+    let started = Instant::now();
+    let conn = system.connect().await;
+    let connected = started.elapsed();
+    let (mut send, mut recv) = conn.open_bi().await;
+    send.write_all(&[1]).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(8).await.unwrap();
+    let round_trip = started.elapsed();
+    assert_eq!(answer, 1u64.to_le_bytes());
+    conn.close();
+    (connected, round_trip)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn p90(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() * 9 / 10]
+}
+
+fn main() {
+    let (servers_tx, servers_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let router = Router::builder(Endpoint::bind(SecretKey::generate(), options()).unwrap())
+                .accept(ALPN, KithSink)
+                .spawn()
+                .unwrap();
+            let raw = raw_endpoint(Some(raw_server_config()));
+            tokio::spawn(raw_accept_loop(raw.clone()));
+            servers_tx
+                .send(Servers {
+                    kith_peer: router.endpoint().peer_id(),
+                    kith_addr: router.endpoint().local_addr(),
+                    raw_addr: raw.local_addr().unwrap(),
+                })
+                .unwrap();
+            let _ = stop_rx.await;
+            router.shutdown().await;
+            raw.close(0u32.into(), b"done");
+            let _ = tokio::time::timeout(Duration::from_secs(2), raw.wait_idle()).await;
+        })
+    });
+    let servers = servers_rx.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(servers));
+    stop_tx.send(()).unwrap();
+    server_thread.join().unwrap();
+}
+
+async fn run(servers: Servers) {
+    let kith_client = Endpoint::bind(SecretKey::generate(), options()).unwrap();
+    let systems = [
+        System::Kith {
+            endpoint: kith_client.clone(),
+            peer: servers.kith_peer,
+            addr: servers.kith_addr,
+        },
+        System::Raw {
+            endpoint: raw_endpoint(None),
+            config: raw_client_config(),
+            addr: servers.raw_addr,
+        },
+    ];
+    // One long-lived connection per system for bulk; warm both up (congestion window, MTU).
+    let mut bulk_conns = Vec::new();
+    for system in &systems {
+        let conn = system.connect().await;
+        bulk_round(&conn).await;
+        for _ in 0..5 {
+            connect_round(system).await;
+        }
+        bulk_conns.push(conn);
+    }
+
+    let mut throughput = [Vec::new(), Vec::new()];
+    let mut connect = [Vec::new(), Vec::new()];
+    let mut first_trip = [Vec::new(), Vec::new()];
+    for round in 0..ROUNDS {
+        // Alternate which system goes first, so drift on the machine hits both alike.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            throughput[i].push(bulk_round(&bulk_conns[i]).await);
+        }
+        for _ in 0..CONNECTS_PER_ROUND {
+            for i in order {
+                let (connected, round_trip) = connect_round(&systems[i]).await;
+                connect[i].push(connected.as_secs_f64() * 1e3);
+                first_trip[i].push(round_trip.as_secs_f64() * 1e3);
+            }
+        }
+        eprintln!(
+            "round {round}: kith {:.0} MiB/s, raw {:.0} MiB/s",
+            throughput[0][round], throughput[1][round]
+        );
+    }
+    for conn in &bulk_conns {
+        conn.close();
+    }
+    kith_client.close().await;
+
+    let tput = [median(&mut throughput[0]), median(&mut throughput[1])];
+    let tput_min = [
+        throughput[0].iter().cloned().fold(f64::MAX, f64::min),
+        throughput[1].iter().cloned().fold(f64::MAX, f64::min),
+    ];
+    let conn_med = [median(&mut connect[0]), median(&mut connect[1])];
+    let conn_p90 = [p90(&mut connect[0]), p90(&mut connect[1])];
+    let trip_med = [median(&mut first_trip[0]), median(&mut first_trip[1])];
+    let trip_p90 = [p90(&mut first_trip[0]), p90(&mut first_trip[1])];
+    let tput_ratio = tput[0] / tput[1];
+    let conn_ratio = conn_med[0] / conn_med[1];
+    let trip_ratio = trip_med[0] / trip_med[1];
+
+    let mut table = String::from(
+        "| measurement | Kith | raw quinn (anchor) | ratio Kith / raw |\n|---|---:|---:|---:|\n",
+    );
+    table.push_str(&format!(
+        "| bulk, one stream, median MiB/s (worst round) | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.2}× |\n",
+        tput[0], tput_min[0], tput[1], tput_min[1], tput_ratio
+    ));
+    table.push_str(&format!(
+        "| `connect` returns, median ms (p90) | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.2}× |\n",
+        conn_med[0], conn_p90[0], conn_med[1], conn_p90[1], conn_ratio
+    ));
+    table.push_str(&format!(
+        "| `connect` + first stream round trip, median ms (p90) | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.2}× |\n",
+        trip_med[0], trip_p90[0], trip_med[1], trip_p90[1], trip_ratio
+    ));
+    let targets = format!(
+        "Targets: one-stream throughput ≥ 0.9× raw quinn — {:.2}× ({}); key-authenticated set-up ≤ 1.2× raw quinn — {:.2}× to `connect`, {:.2}× to the first round trip ({}).",
+        tput_ratio,
+        verdict(tput_ratio >= 0.9),
+        conn_ratio,
+        trip_ratio,
+        verdict(conn_ratio <= 1.2 && trip_ratio <= 1.2),
+    );
+    let section = format!(
+        "Measured {} by `cargo bench -p kith-transport --bench quic` (release, loopback, {ROUNDS} interleaved rounds; bulk: {} MiB per round on one stream of a warm connection, {} KiB writes; set-up: {CONNECTS_PER_ROUND} sequential new connections per system per round; same socket buffers and quinn transport settings on both; servers on their own thread and single-threaded runtime, clients on another).\n\n{table}\n{targets}\n",
+        today(),
+        BULK_BYTES >> 20,
+        WRITE_SIZE >> 10,
+    );
+    println!("{section}");
+    write_section("transport-quic", &section);
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+fn today() -> String {
+    let out = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` in BENCHMARKS.md.
+fn write_section(name: &str, body: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let start = format!("<!-- {name}:start -->");
+    let end = format!("<!-- {name}:end -->");
+    let block = format!("{start}\n{body}{end}");
+    let updated = match (text.find(&start), text.find(&end)) {
+        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &text[..s], &text[e + end.len()..]),
+        _ => format!("{text}\n{block}\n"),
+    };
+    std::fs::write(&path, updated).unwrap();
+}
