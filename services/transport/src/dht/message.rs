@@ -522,9 +522,9 @@ impl DhtMessage {
         })
     }
 
-    /// The same message with padding added so that it encodes to exactly `len` bytes (or left as
-    /// is if it is already that long or longer). Requesters without a token pad requests to the
-    /// size of the answer they want.
+    /// The same message with padding added so that it encodes to exactly `len` bytes. A message
+    /// that is already within 2 bytes of `len` (padding costs a 2-byte length) or longer is left
+    /// unpadded. Requesters without a token pad requests to the size of the answer they want.
     pub fn padded_to(mut self, len: usize) -> Result<Self, EncodeError> {
         self.padding = 0;
         let bare = self.encode()?.len();
