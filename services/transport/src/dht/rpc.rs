@@ -482,6 +482,22 @@ mod tests {
                 None,
             ),
             request(MessageBody::GetPeers { key, token: None }, me),
+            request(
+                MessageBody::Announce {
+                    key,
+                    token: Token([7; TOKEN_LEN]),
+                    record: PeerRecord::sign(
+                        &SecretKey::from_bytes([9; 32]),
+                        &key,
+                        vec![],
+                        vec![],
+                        1,
+                        NOW_MS / 1000 + 60,
+                    )
+                    .unwrap(),
+                },
+                None,
+            ),
         ];
         for req in &requests {
             let (request_len, response) = send(&mut node, from, req);
