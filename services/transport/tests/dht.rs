@@ -91,8 +91,9 @@ fn lookup_over_the_wire_codec_converges_and_routes_around_dead_nodes() {
 
     let mut pending = PendingRequests::default();
     let mut tokens: HashMap<SocketAddr, Token> = HashMap::new();
-    let seeds = nodes[from].responder.table.closest(&target, 20);
-    let mut lookup = LookupState::new(target, seeds, LookupConfig::default());
+    let seeds = nodes[from].responder.table.closest(&target, 40);
+    let mut lookup =
+        LookupState::new(target, seeds, LookupConfig::default()).excluding(NodeId::of_peer(&me.0));
     let mut now_ms = 1_000_000;
     let mut padded = 0;
     let mut timed_out_ids = Vec::new();
@@ -149,7 +150,7 @@ fn lookup_over_the_wire_codec_converges_and_routes_around_dead_nodes() {
     let mut live: Vec<NodeId> = nodes
         .iter()
         .enumerate()
-        .filter(|(i, _)| !dead.contains(i))
+        .filter(|(i, _)| !dead.contains(i) && *i != from)
         .map(|(_, n)| NodeId::of_peer(&n.peer))
         .collect();
     live.sort_by_key(|id| id.distance(&target));

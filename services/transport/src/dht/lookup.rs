@@ -90,7 +90,9 @@ pub struct LookupState {
 const MAX_CANDIDATES_FACTOR: usize = 4;
 
 impl LookupState {
-    /// A lookup for `target` starting from `seeds` (normally our table's closest to it).
+    /// A lookup for `target` starting from `seeds`: our own table's closest contacts to it, best
+    /// 2k of them, so that dead contacts among the first k are replaced from our own knowledge
+    /// (the candidate list keeps up to 4k).
     pub fn new(
         target: NodeId,
         seeds: impl IntoIterator<Item = Contact>,
@@ -107,6 +109,13 @@ impl LookupState {
         };
         state.add(seeds, 1);
         state
+    }
+
+    /// The same lookup, never querying `local` (our own id, which other nodes may return).
+    pub fn excluding(mut self, local: NodeId) -> Self {
+        self.seen.insert(local);
+        self.candidates.retain(|c| c.contact.id != local);
+        self
     }
 
     /// The id being looked up.
@@ -334,6 +343,20 @@ mod tests {
     fn parallelism_is_bounded_by_alpha() {
         let mut rng = StdRng::seed_from_u64(12);
         let seeds: Vec<Contact> = (0..10).map(|n| contact(&mut rng, n)).collect();
+        let mut lookup = LookupState::new(
+            NodeId::random(&mut rng),
+            seeds.clone(),
+            LookupConfig::default(),
+        )
+        .excluding(seeds[0].id);
+        lookup.on_response(&seeds[0].id, vec![seeds[0]]);
+        assert_eq!(lookup.next_queries(0).len(), 3);
+        assert!(lookup.next_queries(0).is_empty());
+        lookup.on_response(&seeds[1].id, vec![seeds[0]]);
+        assert!(
+            lookup.next_queries(0).iter().all(|c| c.id != seeds[0].id),
+            "our own id is never queried"
+        );
         let mut lookup = LookupState::new(NodeId::random(&mut rng), seeds, LookupConfig::default());
         assert_eq!(lookup.next_queries(0).len(), 3);
         assert!(lookup.next_queries(0).is_empty());

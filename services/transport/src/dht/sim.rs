@@ -2,8 +2,8 @@
 //!
 //! Every simulated node has a real [`RoutingTable`] and runs real [`LookupState`] lookups; only
 //! the wire is replaced by function calls. A request to a live node is answered at once (the
-//! queried node also records the requester, as a real node records whoever sends it a valid
-//! request); a request to a dead node fails, which stands for its timeout. Pending evictions are
+//! queried node also records the requester, as a real node's [`super::rpc::Responder`] does once
+//! the requester has echoed an address token); a request to a dead node fails, which stands for its timeout. Pending evictions are
 //! resolved by "pinging" the oldest contact, that is, asking whether it is alive.
 //!
 //! [`Simulation::run`] reproduces the benchmark of issue 3: nodes join one after another (a few
@@ -188,9 +188,11 @@ impl Simulation {
     /// Runs one lookup for `target` from node `from` to completion.
     fn lookup(&mut self, from: usize, target: NodeId) -> (LookupOutcome, bool) {
         let k = self.config.lookup.k;
-        let seeds = self.nodes[from].table.closest(&target, k);
+        // Seed with more than k: if some of our closest contacts are dead, the next ones are
+        // already candidates instead of being lost with our own table.
+        let seeds = self.nodes[from].table.closest(&target, 2 * k);
         let me = self.nodes[from].contact;
-        let mut state = LookupState::new(target, seeds, self.config.lookup);
+        let mut state = LookupState::new(target, seeds, self.config.lookup).excluding(me.id);
         while !state.is_finished() {
             let queries = state.next_queries(self.now_ms);
             if queries.is_empty() {
@@ -257,12 +259,15 @@ impl Simulation {
         self.now_ms += 10;
     }
 
-    /// The k closest live nodes to `target`, by brute force (the ground truth).
-    fn true_closest(&self, target: &NodeId, k: usize) -> Vec<NodeId> {
+    /// The k closest live nodes to `target` other than `asking` (a lookup never returns the node
+    /// that runs it), by brute force: the ground truth.
+    fn true_closest(&self, target: &NodeId, asking: usize, k: usize) -> Vec<NodeId> {
         let mut all: Vec<(super::id::Distance, NodeId)> = self
             .nodes
             .iter()
-            .filter(|n| n.alive)
+            .enumerate()
+            .filter(|(i, n)| n.alive && *i != asking)
+            .map(|(_, n)| n)
             .map(|n| (n.contact.id.distance(target), n.contact.id))
             .collect();
         if all.len() > k {
@@ -327,7 +332,7 @@ impl Simulation {
             let target = sim.nodes[target_node].contact.id;
             let (outcome, found) = sim.lookup(from, target);
             let truth_started = Instant::now();
-            let truth = sim.true_closest(&target, config.lookup.k);
+            let truth = sim.true_closest(&target, from, config.lookup.k);
             truth_time += truth_started.elapsed();
             let got: Vec<NodeId> = outcome.closest.iter().map(|c| c.id).collect();
             report.found_target += usize::from(found);
