@@ -6,6 +6,7 @@
 //! Run: `cargo bench -p kith-identity --bench signing` (release build). The machine is shared and
 //! noisy, so each figure is the median of per-call latencies gathered over interleaved rounds.
 
+use kith_bench::{today, verdict, write_section};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use kith_service::{Connection, Endpoint, Home, Listen, Token};
 const ROUNDS: usize = 7;
 const CALLS_PER_ROUND: usize = 400;
 const BATCH: usize = 256;
+const BATCH_CALLS_PER_ROUND: usize = 30;
 const MESSAGE: &[u8] = b"a chat-message-sized payload of sixty-four bytes, give or take..";
 
 struct Samples(Vec<Duration>);
@@ -219,9 +221,10 @@ async fn run(
             kith_service::health_check(&kith_unix, "").await.unwrap();
         })
         .await;
-        // Batches: time whole calls, record per-signature cost.
-        for (slot, client) in [(10, None), (11, Some(&unix)), (12, Some(&tcp))] {
-            for _ in 0..CALLS_PER_ROUND / 40 {
+        // Batches: time whole calls, record per-signature cost. The three paths take turns call
+        // by call, so drifts in CPU speed on this shared machine hit them alike.
+        for _ in 0..BATCH_CALLS_PER_ROUND {
+            for (slot, client) in [(10, None), (11, Some(&unix)), (12, Some(&tcp))] {
                 let start = Instant::now();
                 match client {
                     None => {
@@ -278,31 +281,4 @@ async fn run(
     );
     println!("{section}");
     write_section("identity-signing", &section);
-}
-
-fn verdict(ok: bool) -> &'static str {
-    if ok { "met" } else { "NOT met" }
-}
-
-fn today() -> String {
-    let out = std::process::Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d")
-        .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Replaces the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` in BENCHMARKS.md.
-fn write_section(name: &str, body: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let start = format!("<!-- {name}:start -->");
-    let end = format!("<!-- {name}:end -->");
-    let block = format!("{start}\n{body}{end}");
-    let updated = match (text.find(&start), text.find(&end)) {
-        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &text[..s], &text[e + end.len()..]),
-        _ => format!("{text}\n{block}\n"),
-    };
-    std::fs::write(&path, updated).unwrap();
 }

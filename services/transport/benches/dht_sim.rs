@@ -5,6 +5,7 @@
 //! `cargo bench -p kith-transport --bench dht_sim` runs both sizes; `KITH_DHT_SIM_SIZES=2000,10000`
 //! picks others (the file is only written for the default sizes).
 
+use kith_bench::{verdict, write_section};
 use std::time::Instant;
 
 use kith_transport::dht::sim::{SimConfig, SimReport, Simulation};
@@ -119,23 +120,9 @@ fn render(rows: &[Row]) -> String {
         let success = 100.0 * r.success_rate();
         out += &format!(
             "\nTargets at 100,000 nodes with 20% churn: median hops ≤ 6 — {median} ({}); success ≥ 99% — {success:.1}% ({}).\n",
-            if median <= 6 { "met" } else { "NOT met" },
-            if success >= 99.0 { "met" } else { "NOT met" },
+            verdict(median <= 6),
+            verdict(success >= 99.0),
         );
     }
     out
-}
-
-/// Replaces the `name` section of BENCHMARKS.md (as the identity benchmark does).
-fn write_section(name: &str, body: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../BENCHMARKS.md");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let start = format!("<!-- {name}:start -->");
-    let end = format!("<!-- {name}:end -->");
-    let block = format!("{start}\n{body}{end}");
-    let updated = match (text.find(&start), text.find(&end)) {
-        (Some(s), Some(e)) if e > s => format!("{}{block}{}", &text[..s], &text[e + end.len()..]),
-        _ => format!("{text}\n{block}\n"),
-    };
-    std::fs::write(&path, updated).unwrap();
 }
