@@ -23,6 +23,11 @@ impl Run {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
     }
 
+    /// A success whose output does not matter.
+    fn ok(&self) {
+        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
+    }
+
     /// A failure: non-zero exit and exactly one line on stderr.
     fn error(&self) -> &str {
         assert_ne!(self.code, 0, "expected failure, stdout: {}", self.stdout);
@@ -166,58 +171,30 @@ fn init_show_sign_and_independent_verification() {
     // Verify through the CLI, from stdin too; a wrong context or altered message fails.
     let sig = signed["signature"].as_str().unwrap();
     let key = init["id"].as_str().unwrap();
-    let ok = kith_in(
-        &home,
-        &[
+    let verify = |context: &str, message: &[u8]| {
+        let args = [
             "--json",
             "id",
             "verify",
             "--context",
-            "chat/invite",
+            context,
             "--public-key",
             key,
             "--signature",
             sig,
             "-",
-        ],
-        b"meet at noon",
-    );
+        ];
+        kith_in(&home, &args, message)
+    };
+    let ok = verify("chat/invite", b"meet at noon");
     assert_eq!(ok.json()["valid"], true);
-    let wrong = kith_in(
-        &home,
-        &[
-            "id",
-            "verify",
-            "--context",
-            "chat/other",
-            "--public-key",
-            key,
-            "--signature",
-            sig,
-            "-",
-        ],
-        b"meet at noon",
-    );
+    let wrong = verify("chat/other", b"meet at noon");
     assert!(
         wrong.error().contains("does not verify"),
         "{}",
         wrong.stderr
     );
-    let altered = kith_in(
-        &home,
-        &[
-            "id",
-            "verify",
-            "--context",
-            "chat/invite",
-            "--public-key",
-            key,
-            "--signature",
-            sig,
-            "-",
-        ],
-        b"meet at one",
-    );
+    let altered = verify("chat/invite", b"meet at one");
     altered.error();
 
     // Reserved contexts, bad contexts and oversized messages are refused.
@@ -328,7 +305,7 @@ fn restore_gives_the_same_identity_and_bad_words_are_named() {
 fn wrong_passphrase_and_damaged_keystore_are_clear_errors_that_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("alice");
-    kith(&home, &["init"]).json_or_ok();
+    kith(&home, &["init"]).ok();
     let before = snapshot(&home);
 
     let mut cmd = kith_cmd(&home);
@@ -397,16 +374,6 @@ fn wrong_passphrase_and_damaged_keystore_are_clear_errors_that_change_nothing() 
         "{}",
         forged_state.stderr
     );
-}
-
-trait JsonOrOk {
-    fn json_or_ok(&self);
-}
-
-impl JsonOrOk for Run {
-    fn json_or_ok(&self) {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-    }
 }
 
 #[test]
@@ -502,7 +469,7 @@ fn link_approve_list_and_revoke_devices() {
 fn profiles_set_and_show() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("alice");
-    kith(&home, &["init"]).json_or_ok();
+    kith(&home, &["init"]).ok();
     assert!(
         kith(&home, &["profile", "show"])
             .error()
@@ -638,7 +605,7 @@ fn node_up_serves_the_cli_over_its_socket() {
 fn serve_identity_over_tcp_requires_the_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("svc");
-    kith(&home, &["init"]).json_or_ok();
+    kith(&home, &["init"]).ok();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
