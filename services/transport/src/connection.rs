@@ -24,6 +24,8 @@ pub mod close_code {
     /// The connection arrived for a protocol with no handler (should be refused earlier, in the
     /// handshake; this is the second line).
     pub const UNKNOWN_PROTOCOL: VarInt = VarInt::from_u32(2);
+    /// A relayed connection proved another key than the one it was relayed for.
+    pub const WRONG_PEER: VarInt = VarInt::from_u32(3);
 }
 
 /// A QUIC connection whose remote end proved it holds [`Connection::remote_peer`]'s key.

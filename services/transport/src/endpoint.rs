@@ -16,9 +16,18 @@ use tracing::{debug, warn};
 
 use crate::connection::{Connection, close_code};
 use crate::error::TransportError;
+use crate::net::frame::MAX_RELAY_PAYLOAD;
+use crate::net::paths::{canonical, is_virtual};
+use crate::net::{Impairment, MuxSocket, RelayConfig};
 use crate::peer::{PeerId, SecretKey};
 use crate::socket::bind_udp_socket;
 use crate::tls::{SERVER_NAME, TlsIdentity, peer_from_identity};
+
+/// Largest UDP payload QUIC may use: a relayed packet (plus the relay's header) must fit a
+/// 1500-byte Ethernet frame over IPv6 (1452 bytes of UDP payload).
+pub const QUIC_MAX_UDP_PAYLOAD: u16 = 1400;
+const _: () = assert!(QUIC_MAX_UDP_PAYLOAD as usize + 33 <= 1452);
+const _: () = assert!(QUIC_MAX_UDP_PAYLOAD as usize <= MAX_RELAY_PAYLOAD);
 
 /// How an endpoint binds and what its connections are allowed to do.
 #[derive(Clone, Debug)]
@@ -39,6 +48,11 @@ pub struct EndpointOptions {
     pub shutdown_timeout: Duration,
     /// How many streams of each direction a peer may have open at once on one connection.
     pub max_concurrent_streams: u32,
+    /// Whether and how much this node relays for others (off by default; public nodes turn
+    /// it on).
+    pub relay: RelayConfig,
+    /// Delay and loss applied to everything sent (tests and the NAT lab; none by default).
+    pub impairment: Impairment,
 }
 
 impl Default for EndpointOptions {
@@ -51,6 +65,8 @@ impl Default for EndpointOptions {
             socket_buffer_bytes: 4 << 20,
             shutdown_timeout: Duration::from_secs(3),
             max_concurrent_streams: 128,
+            relay: RelayConfig::default(),
+            impairment: Impairment::default(),
         }
     }
 }
@@ -77,6 +93,11 @@ impl EndpointOptions {
             .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
             .max_concurrent_uni_streams(self.max_concurrent_streams.into())
             .enable_segmentation_offload(self.segmentation_offload);
+        // Packets must still fit one Ethernet frame after a relay adds its header, whichever
+        // path they take: cap what MTU discovery may grow to (quinn's default cap is 1452).
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(QUIC_MAX_UDP_PAYLOAD);
+        config.mtu_discovery_config(Some(mtu));
         config
     }
 }
@@ -91,6 +112,7 @@ pub struct Endpoint {
 #[derive(Debug)]
 struct Inner {
     quinn: quinn::Endpoint,
+    net: Arc<MuxSocket>,
     tls: TlsIdentity,
     transport: Arc<quinn::TransportConfig>,
     options: EndpointOptions,
@@ -109,16 +131,31 @@ impl Endpoint {
         let tls = TlsIdentity::new(&secret)?;
         let runtime = quinn::default_runtime()
             .ok_or_else(|| TransportError::Config("no tokio runtime".into()))?;
-        // No server config yet: nothing is accepted until a router serves protocols.
-        let quinn = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(|source| TransportError::Bind {
+        let bind_error = |source| TransportError::Bind {
             addr: options.bind_addr,
             source,
-        })?;
+        };
+        let net = Arc::new(
+            MuxSocket::new(
+                socket,
+                tls.peer_id(),
+                options.relay.clone(),
+                options.impairment,
+            )
+            .map_err(bind_error)?,
+        );
+        let mut config = quinn::EndpointConfig::default();
+        // Never invite peers to clear QUIC's fixed bit: the socket tells QUIC from Kith's own
+        // datagrams by it (see `net::frame`).
+        config.grease_quic_bit(false);
+        // No server config yet: nothing is accepted until a router serves protocols.
+        let quinn = quinn::Endpoint::new_with_abstract_socket(config, None, net.clone(), runtime)
+            .map_err(bind_error)?;
         debug!(peer = %tls.peer_id(), %local_addr, "endpoint bound");
         Ok(Self {
             inner: Arc::new(Inner {
                 quinn,
+                net,
                 transport: Arc::new(options.transport_config()),
                 tls,
                 options,
@@ -137,6 +174,11 @@ impl Endpoint {
         self.inner.local_addr
     }
 
+    /// The shared socket underneath: paths, probes, relaying, DHT datagrams.
+    pub fn net(&self) -> &Arc<MuxSocket> {
+        &self.inner.net
+    }
+
     /// The options the endpoint was bound with.
     pub fn options(&self) -> &EndpointOptions {
         &self.inner.options
@@ -149,6 +191,36 @@ impl Endpoint {
     /// peer that refuses *us* shows up as a connection that closes right after `connect`
     /// returns (its streams fail with [`TransportError::Connection`]).
     pub async fn connect(
+        &self,
+        peer: PeerId,
+        addr: SocketAddr,
+        alpn: &[u8],
+    ) -> Result<Connection, TransportError> {
+        if is_virtual(&addr) {
+            return Err(TransportError::Config(format!(
+                "{addr} is a virtual peer address; use connect_peer"
+            )));
+        }
+        self.connect_at(peer, addr, alpn).await
+    }
+
+    /// Connects to `peer` along the path the socket layer manages for it (direct once proven,
+    /// else through its relay; see [`crate::net::paths`]), whichever way packets reach it now
+    /// or later. The caller (the node) sets the path up first: a relay, candidate addresses.
+    pub async fn connect_peer(
+        &self,
+        peer: PeerId,
+        alpn: &[u8],
+    ) -> Result<Connection, TransportError> {
+        let addr = self
+            .inner
+            .net
+            .with_paths(|paths| paths.ensure(peer).map(|p| p.virtual_addr))
+            .ok_or_else(|| TransportError::Config("too many peers with managed paths".into()))?;
+        self.connect_at(peer, addr, alpn).await
+    }
+
+    async fn connect_at(
         &self,
         peer: PeerId,
         addr: SocketAddr,
@@ -245,7 +317,10 @@ impl Endpoint {
 }
 
 /// Completes an incoming handshake and reads what it proved: the client's key and the protocol.
+/// A connection that came through a relay (or a managed path) in one peer's name must have
+/// proven that peer's key.
 pub(crate) async fn accept_incoming(
+    endpoint: &Endpoint,
     incoming: quinn::Incoming,
 ) -> Result<Connection, quinn::ConnectionError> {
     let conn = incoming.await?;
@@ -257,6 +332,20 @@ pub(crate) async fn accept_incoming(
         conn.close(close_code::UNKNOWN_PROTOCOL, b"handshake incomplete");
         return Err(quinn::ConnectionError::LocallyClosed);
     };
+    let remote = canonical(conn.remote_address());
+    if is_virtual(&remote) {
+        let claimed = endpoint
+            .net()
+            .with_paths(|paths| paths.peer_of_virtual(&remote).map(|p| p.peer));
+        if claimed != Some(peer) {
+            warn!(%peer, ?claimed, "relayed connection proved another key than it was relayed for");
+            conn.close(
+                close_code::WRONG_PEER,
+                b"key does not match the relayed peer",
+            );
+            return Err(quinn::ConnectionError::LocallyClosed);
+        }
+    }
     Ok(Connection::new(conn, peer, alpn.into()))
 }
 

@@ -22,6 +22,7 @@ pub mod connection;
 pub mod dht;
 pub mod endpoint;
 pub mod error;
+pub mod net;
 pub mod peer;
 pub mod router;
 pub mod socket;

@@ -182,7 +182,7 @@ async fn accept_loop(endpoint: Endpoint, protocols: Arc<Protocols>, cancel: Canc
             }
             incoming = endpoint.accept() => match incoming {
                 Some(incoming) => {
-                    connections.spawn(serve_connection(incoming, protocols.clone()));
+                    connections.spawn(serve_connection(endpoint.clone(), incoming, protocols.clone()));
                 }
                 // The endpoint was closed directly: shut the rest down the same way.
                 None => break,
@@ -215,9 +215,13 @@ async fn accept_loop(endpoint: Endpoint, protocols: Arc<Protocols>, cancel: Canc
     debug!("router stopped");
 }
 
-async fn serve_connection(incoming: quinn::Incoming, protocols: Arc<Protocols>) {
+async fn serve_connection(
+    endpoint: Endpoint,
+    incoming: quinn::Incoming,
+    protocols: Arc<Protocols>,
+) {
     let remote = incoming.remote_address();
-    let conn = match accept_incoming(incoming).await {
+    let conn = match accept_incoming(&endpoint, incoming).await {
         Ok(conn) => conn,
         Err(error) => {
             // Failed handshakes are the peer's problem (wrong key type, refused ALPN, gone).

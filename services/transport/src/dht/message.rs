@@ -248,12 +248,12 @@ pub(crate) fn put_addr(w: &mut Writer, addr: &SocketAddr) {
     w.bytes(&addr.port().to_be_bytes());
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -261,29 +261,29 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(head)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("took N bytes"))
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
-    fn flag(&mut self) -> Result<bool, DecodeError> {
+    pub(crate) fn flag(&mut self) -> Result<bool, DecodeError> {
         match self.u8()? {
             0 => Ok(false),
             1 => Ok(true),
             _ => Err(DecodeError::InvalidFlag),
         }
     }
-    fn peer(&mut self) -> Result<PeerId, DecodeError> {
+    pub(crate) fn peer(&mut self) -> Result<PeerId, DecodeError> {
         PeerId::from_bytes(&self.array()?).map_err(|_| DecodeError::InvalidKey)
     }
-    fn node_id(&mut self) -> Result<NodeId, DecodeError> {
+    pub(crate) fn node_id(&mut self) -> Result<NodeId, DecodeError> {
         Ok(NodeId::from_bytes(self.array()?))
     }
-    fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
+    pub(crate) fn addr(&mut self) -> Result<SocketAddr, DecodeError> {
         let ip = match self.u8()? {
             4 => IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)),
             6 => IpAddr::V6(Ipv6Addr::from(self.array::<16>()?)),
@@ -292,21 +292,21 @@ impl<'a> Reader<'a> {
         let port = u16::from_be_bytes(self.array()?);
         Ok(SocketAddr::new(ip, port))
     }
-    fn token(&mut self) -> Result<Option<Token>, DecodeError> {
+    pub(crate) fn token(&mut self) -> Result<Option<Token>, DecodeError> {
         Ok(if self.flag()? {
             Some(Token(self.array()?))
         } else {
             None
         })
     }
-    fn count(&mut self, max: usize, what: &'static str) -> Result<usize, DecodeError> {
+    pub(crate) fn count(&mut self, max: usize, what: &'static str) -> Result<usize, DecodeError> {
         let n = self.u8()? as usize;
         if n > max {
             return Err(DecodeError::TooMany(what));
         }
         Ok(n)
     }
-    fn contacts(&mut self) -> Result<Vec<Contact>, DecodeError> {
+    pub(crate) fn contacts(&mut self) -> Result<Vec<Contact>, DecodeError> {
         let n = self.count(MAX_CONTACTS, "contacts")?;
         (0..n)
             .map(|_| {
@@ -315,7 +315,7 @@ impl<'a> Reader<'a> {
             })
             .collect()
     }
-    fn record(&mut self) -> Result<PeerRecord, DecodeError> {
+    pub(crate) fn record(&mut self) -> Result<PeerRecord, DecodeError> {
         let peer = self.peer()?;
         let seq = self.u64()?;
         let expires_at = self.u64()?;
