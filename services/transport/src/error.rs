@@ -63,6 +63,14 @@ pub enum TransportError {
     #[error("connection lost")]
     Connection(#[from] quinn::ConnectionError),
 
+    /// A peer broke one of the transport's own protocols (punch coordination, ...).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// No way to reach the peer: no relay, and no direct address answered.
+    #[error("peer {peer} unreachable: {reason}")]
+    Unreachable { peer: PeerId, reason: String },
+
     /// The endpoint has been closed.
     #[error("endpoint closed")]
     Closed,

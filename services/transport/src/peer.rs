@@ -66,6 +66,12 @@ impl fmt::Debug for PeerId {
     }
 }
 
+impl serde::Serialize for PeerId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl FromStr for PeerId {
     type Err = TransportError;
 

@@ -1,0 +1,910 @@
+//! The node: an endpoint plus everything that gets its connections through NATs.
+//!
+//! A [`Node`] owns an [`Endpoint`] and its [`Router`], and runs beside them:
+//!
+//! - the **event loop** over the shared socket's [`NetEvent`]s (probes, relay answers, DHT
+//!   datagrams, which go to the DHT driver when one is attached);
+//! - the **relay client**: registration with the node's home relays, renewed well within their
+//!   lifetime, which also keeps our NAT's mapping towards them open;
+//! - **NAT classification** ([`nat`]) from what relays and observers report;
+//! - **hole punching** ([`punch`]): a session per peer over the [`PUNCH_ALPN`] protocol, on a
+//!   connection that starts relayed;
+//! - the **path monitor**: re-probes every direct path, falls back to the relay when one goes
+//!   quiet, and punches again; a changed public address (a network change) also re-punches.
+//!
+//! [`Node::connect`] connects *through a relay at once* when the peer has one, starts punching
+//! in the background, and the socket moves the connection to the direct path as soon as a probe
+//! round trip proves it. Without a relay it probes the peer's addresses and connects when one
+//! answers.
+
+pub mod nat;
+pub mod punch;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::nat::{Mapping, NatObservations, NatStatus, local_addr_towards};
+use self::punch::{MAX_CANDIDATES, Message, PUNCH_ALPN, PunchConfig, initiates};
+use crate::connection::Connection;
+use crate::endpoint::{Endpoint, EndpointOptions};
+use crate::error::TransportError;
+use crate::net::paths::Route;
+use crate::net::{Frame, NetEvent, RelayRegistration};
+use crate::peer::{PeerId, SecretKey};
+use crate::router::{ProtocolHandler, Router, RouterBuilder};
+
+/// Where DHT datagrams go: the DHT driver's inbox of (source, datagram).
+pub type DhtInbox = mpsc::Sender<(SocketAddr, Vec<u8>)>;
+
+/// A relay: its key and address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct RelayAddr {
+    /// The relay's peer id (registrations are signed for it).
+    pub peer: PeerId,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// What is known about reaching a peer: its direct addresses and its relay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerAddrs {
+    /// Addresses to try directly.
+    pub addrs: Vec<SocketAddr>,
+    /// The relay it is registered with, if any.
+    pub relay: Option<RelayAddr>,
+}
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The endpoint's socket and QUIC settings (and whether this node relays for others).
+    pub endpoint: EndpointOptions,
+    /// Relays this node registers with, so that peers can reach it through them.
+    pub relays: Vec<RelayAddr>,
+    /// Extra public nodes to ask for our address (NAT classification needs two observers;
+    /// relays count as observers).
+    pub observers: Vec<SocketAddr>,
+    /// Hole punching.
+    pub punch: PunchConfig,
+    /// How often a direct path is re-probed; three silent intervals drop it.
+    pub path_check_interval: Duration,
+    /// How long [`Node::connect`] waits for a relay registration or a direct answer.
+    pub connect_timeout: Duration,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: EndpointOptions::default(),
+            relays: Vec::new(),
+            observers: Vec::new(),
+            punch: PunchConfig::default(),
+            path_check_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How one peer is reached now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PathStatus {
+    /// The peer.
+    pub peer: PeerId,
+    /// `direct`, `relay` or `none`.
+    pub route: &'static str,
+    /// The direct address, if proven.
+    pub direct: Option<SocketAddr>,
+    /// The proving round trip, in microseconds.
+    pub direct_rtt_us: Option<u64>,
+    /// The relay's address, if any.
+    pub relay: Option<SocketAddr>,
+}
+
+#[derive(Debug)]
+struct RelayState {
+    relay: RelayAddr,
+    registered_at: Option<Instant>,
+    lifetime: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Session {
+    /// Addresses the peer probed us from (peer-reflexive candidates).
+    reflexive: Vec<SocketAddr>,
+    /// Wakes the session to punch again (direct path lost, network changed).
+    repunch: Arc<Notify>,
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    secret: SecretKey,
+    config: NodeConfig,
+    nat: Mutex<NatObservations>,
+    relays: Mutex<HashMap<SocketAddr, RelayState>>,
+    relay_registered: Notify,
+    sessions: Mutex<HashMap<PeerId, Session>>,
+    last_punch: Mutex<HashMap<PeerId, Instant>>,
+    dht_inbox: Mutex<Option<DhtInbox>>,
+    cancel: CancellationToken,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Builds a [`Node`]: protocols to serve, then [`NodeBuilder::spawn`].
+pub struct NodeBuilder {
+    inner: Arc<Inner>,
+    router: RouterBuilder,
+}
+
+impl NodeBuilder {
+    /// Serves `alpn` with `handler` (as [`RouterBuilder::accept`]).
+    pub fn accept(mut self, alpn: impl AsRef<[u8]>, handler: impl ProtocolHandler) -> Self {
+        self.router = self.router.accept(alpn, handler);
+        self
+    }
+
+    /// Sends DHT datagrams arriving on the socket to `inbox` (the DHT driver's).
+    pub fn dht_inbox(self, inbox: DhtInbox) -> Self {
+        *lock(&self.inner.dht_inbox) = Some(inbox);
+        self
+    }
+
+    /// Starts serving and the node's background tasks.
+    pub fn spawn(self) -> Result<Node, TransportError> {
+        let inner = self.inner;
+        let router = self
+            .router
+            .accept(
+                PUNCH_ALPN,
+                PunchHandler {
+                    inner: Arc::downgrade(&inner),
+                },
+            )
+            .spawn()?;
+        let events = inner
+            .endpoint
+            .net()
+            .take_events()
+            .ok_or_else(|| TransportError::Config("socket events already taken".into()))?;
+        tokio::spawn(event_loop(inner.clone(), events));
+        tokio::spawn(relay_keeper(inner.clone()));
+        tokio::spawn(observer_prober(inner.clone()));
+        tokio::spawn(path_monitor(inner.clone()));
+        Ok(Node {
+            inner,
+            router: Arc::new(router),
+        })
+    }
+}
+
+/// A running node. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    router: Arc<Router>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer", &self.peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Binds the node's endpoint. Must be called inside a Tokio runtime.
+    pub fn builder(secret: SecretKey, config: NodeConfig) -> Result<NodeBuilder, TransportError> {
+        let endpoint = Endpoint::bind(secret.clone(), config.endpoint.clone())?;
+        let router = Router::builder(endpoint.clone());
+        let inner = Arc::new(Inner {
+            endpoint,
+            secret,
+            config,
+            nat: Mutex::new(NatObservations::default()),
+            relays: Mutex::new(HashMap::new()),
+            relay_registered: Notify::new(),
+            sessions: Mutex::new(HashMap::new()),
+            last_punch: Mutex::new(HashMap::new()),
+            dht_inbox: Mutex::new(None),
+            cancel: CancellationToken::new(),
+        });
+        for relay in inner.config.relays.clone() {
+            inner.add_relay(relay);
+        }
+        Ok(NodeBuilder { inner, router })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.endpoint.peer_id()
+    }
+
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// The NAT as observed so far.
+    pub fn nat_status(&self) -> NatStatus {
+        self.inner.nat_status()
+    }
+
+    /// The relays this node is registered with now.
+    pub fn registered_relays(&self) -> Vec<RelayAddr> {
+        let now = Instant::now();
+        lock(&self.inner.relays)
+            .values()
+            .filter(|r| r.registered_at.is_some_and(|at| now < at + r.lifetime))
+            .map(|r| r.relay)
+            .collect()
+    }
+
+    /// Where this node can be reached: its candidates and its first registered relay.
+    pub fn addrs(&self) -> PeerAddrs {
+        PeerAddrs {
+            addrs: self.inner.candidates(),
+            relay: self.registered_relays().first().copied(),
+        }
+    }
+
+    /// How each managed peer is reached now.
+    pub fn paths(&self) -> Vec<PathStatus> {
+        self.inner.endpoint.net().with_paths(|paths| {
+            let mut list: Vec<PathStatus> = paths
+                .iter()
+                .map(|p| PathStatus {
+                    peer: p.peer,
+                    route: match p.route() {
+                        Route::Direct(_) => "direct",
+                        Route::Relay(_) => "relay",
+                        Route::None => "none",
+                    },
+                    direct: p.direct.map(|d| d.addr),
+                    direct_rtt_us: p.direct.map(|d| d.rtt.as_micros() as u64),
+                    relay: p.relay,
+                })
+                .collect();
+            list.sort_by_key(|p| p.peer.to_string());
+            list
+        })
+    }
+
+    /// The route to `peer` now.
+    pub fn route(&self, peer: &PeerId) -> Route {
+        self.inner
+            .endpoint
+            .net()
+            .with_paths(|paths| paths.get(peer).map_or(Route::None, |p| p.route()))
+    }
+
+    /// Waits until this node is registered with at least one relay (or the timeout passes).
+    pub async fn wait_registered(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.inner.relay_registered.notified();
+            if !self.registered_relays().is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return !self.registered_relays().is_empty();
+            }
+        }
+    }
+
+    /// Connects to `peer` for `alpn`: through its relay at once if it has one (punching for a
+    /// direct path in the background), else directly at the first of its addresses that
+    /// answers a probe.
+    pub async fn connect(
+        &self,
+        peer: PeerId,
+        addrs: PeerAddrs,
+        alpn: &[u8],
+    ) -> Result<Connection, TransportError> {
+        let inner = &self.inner;
+        if peer == self.peer_id() {
+            return Err(TransportError::Unreachable {
+                peer,
+                reason: "that is this node".into(),
+            });
+        }
+        let net = inner.endpoint.net();
+        if net.with_paths(|paths| paths.ensure(peer).is_none()) {
+            return Err(TransportError::Unreachable {
+                peer,
+                reason: "too many peers".into(),
+            });
+        }
+        if let Some(relay) = addrs.relay {
+            inner.ensure_relay(relay).await?;
+            net.with_paths(|paths| paths.set_relay(peer, Some(relay.addr)));
+        }
+        for addr in addrs.addrs.iter().take(MAX_CANDIDATES) {
+            let _ = net.send_probe(*addr, Some(peer), None).await;
+        }
+        let has_relay = net.with_paths(|paths| paths.get(&peer).is_some_and(|p| p.relay.is_some()));
+        if has_relay {
+            inner.start_punch(peer);
+        } else {
+            inner.wait_direct(peer, &addrs.addrs).await?;
+        }
+        inner.endpoint.connect_peer(peer, alpn).await
+    }
+
+    /// Stops everything in order: background tasks, then the router (connections, socket).
+    pub async fn shutdown(&self) {
+        self.inner.cancel.cancel();
+        self.router.shutdown().await;
+    }
+}
+
+impl Inner {
+    fn add_relay(&self, relay: RelayAddr) {
+        self.endpoint.net().add_relay(relay.addr, relay.peer);
+        lock(&self.relays).entry(relay.addr).or_insert(RelayState {
+            relay,
+            registered_at: None,
+            lifetime: Duration::ZERO,
+        });
+    }
+
+    async fn register(&self, relay: RelayAddr) {
+        let frame =
+            Frame::RelayRegister(RelayRegistration::sign(&self.secret, relay.peer, unix_ms()));
+        if let Err(error) = self
+            .endpoint
+            .net()
+            .send_frame(relay.addr, &frame.encode())
+            .await
+        {
+            debug!(relay = %relay.addr, %error, "relay registration not sent");
+        }
+    }
+
+    fn is_registered(&self, addr: &SocketAddr) -> bool {
+        let now = Instant::now();
+        lock(&self.relays)
+            .get(addr)
+            .is_some_and(|r| r.registered_at.is_some_and(|at| now < at + r.lifetime))
+    }
+
+    /// Registers with `relay` unless already registered, waiting for the answer.
+    async fn ensure_relay(&self, relay: RelayAddr) -> Result<(), TransportError> {
+        if self.is_registered(&relay.addr) {
+            return Ok(());
+        }
+        self.add_relay(relay);
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        loop {
+            let notified = self.relay_registered.notified();
+            self.register(relay).await;
+            let retry = tokio::time::Instant::now() + Duration::from_millis(500);
+            let _ = tokio::time::timeout_at(retry.min(deadline), notified).await;
+            if self.is_registered(&relay.addr) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(TransportError::Unreachable {
+                    peer: relay.peer,
+                    reason: format!("relay at {} did not accept our registration", relay.addr),
+                });
+            }
+        }
+    }
+
+    fn nat_status(&self) -> NatStatus {
+        let bound = self.endpoint.local_addr();
+        let mut local: Vec<SocketAddr> = Vec::new();
+        for observer in self.observer_addrs() {
+            if let Some(addr) = local_addr_towards(bound, observer) {
+                local.push(addr);
+            }
+        }
+        lock(&self.nat).status(&local)
+    }
+
+    fn observer_addrs(&self) -> Vec<SocketAddr> {
+        let mut addrs: Vec<SocketAddr> = self.config.observers.clone();
+        addrs.extend(lock(&self.relays).keys().copied());
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// Our candidate addresses: local ones towards our observers and relays, then the public
+    /// ones they saw.
+    fn candidates(&self) -> Vec<SocketAddr> {
+        let bound = self.endpoint.local_addr();
+        let mut candidates: Vec<SocketAddr> = Vec::new();
+        for observer in self.observer_addrs() {
+            if let Some(addr) = local_addr_towards(bound, observer) {
+                candidates.push(addr);
+            }
+        }
+        if candidates.is_empty() && !bound.ip().is_unspecified() {
+            candidates.push(bound);
+        }
+        candidates.extend(self.nat_status().public_addrs);
+        let mut seen = HashSet::new();
+        candidates.retain(|a| seen.insert(*a));
+        candidates.truncate(MAX_CANDIDATES);
+        candidates
+    }
+
+    fn direct(&self, peer: &PeerId) -> Option<SocketAddr> {
+        self.endpoint
+            .net()
+            .with_paths(|paths| paths.get(peer).and_then(|p| p.direct.map(|d| d.addr)))
+    }
+
+    /// Probes `addrs` until one answers or the connect timeout passes.
+    async fn wait_direct(&self, peer: PeerId, addrs: &[SocketAddr]) -> Result<(), TransportError> {
+        let deadline = tokio::time::Instant::now() + self.config.connect_timeout;
+        loop {
+            if self.direct(&peer).is_some() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline || addrs.is_empty() {
+                return Err(TransportError::Unreachable {
+                    peer,
+                    reason: if addrs.is_empty() {
+                        "no relay and no address".into()
+                    } else {
+                        "no relay, and no address answered".into()
+                    },
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            for addr in addrs.iter().take(MAX_CANDIDATES) {
+                let _ = self
+                    .endpoint
+                    .net()
+                    .send_probe(*addr, Some(peer), None)
+                    .await;
+            }
+        }
+    }
+
+    /// Starts a punch session with `peer` as the dialler, unless one runs or one ran too
+    /// recently (the per-peer rate limit).
+    fn start_punch(self: &Arc<Self>, peer: PeerId) {
+        {
+            let now = Instant::now();
+            let mut last = lock(&self.last_punch);
+            if lock(&self.sessions).contains_key(&peer)
+                || last
+                    .get(&peer)
+                    .is_some_and(|at| now.duration_since(*at) < self.config.punch.min_interval)
+            {
+                return;
+            }
+            last.insert(peer, now);
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let conn = match inner.endpoint.connect_peer(peer, PUNCH_ALPN).await {
+                Ok(conn) => conn,
+                Err(error) => {
+                    debug!(%peer, %error, "punch connection failed");
+                    return;
+                }
+            };
+            if let Err(error) = inner.clone().run_session(conn, true).await {
+                debug!(%peer, %error, "punch session ended");
+            }
+        });
+    }
+
+    /// One punch session: exchange candidates, then punch in rounds; afterwards, stay to punch
+    /// again when asked (by the peer, or by our path monitor).
+    async fn run_session(
+        self: Arc<Self>,
+        conn: Connection,
+        dialler: bool,
+    ) -> Result<(), TransportError> {
+        let peer = conn.remote_peer();
+        let (mut send, recv) = if dialler {
+            conn.open_bi().await?
+        } else {
+            conn.accept_bi().await?
+        };
+        let repunch = {
+            let mut sessions = lock(&self.sessions);
+            sessions.entry(peer).or_default().repunch.clone()
+        };
+        let result = self
+            .session_rounds(&conn, &mut send, recv, dialler, &repunch)
+            .await;
+        lock(&self.sessions).remove(&peer);
+        result
+    }
+
+    async fn session_rounds(
+        self: &Arc<Self>,
+        conn: &Connection,
+        send: &mut crate::connection::SendStream,
+        mut recv: crate::connection::RecvStream,
+        dialler: bool,
+        repunch: &Notify,
+    ) -> Result<(), TransportError> {
+        let peer = conn.remote_peer();
+        let hello = |inner: &Self| Message::Hello {
+            mapping: inner.nat_status().mapping,
+            candidates: inner.candidates(),
+        };
+        hello(self).write(send).await?;
+        // Messages arrive on their own task: reading is not cancel-safe, waiting on a channel is.
+        let (tx, mut rx) = mpsc::channel(16);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(message)) = Message::read(&mut recv).await {
+                if tx.send(message).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let _reader = AbortOnDrop(reader);
+        let (mut peer_mapping, mut peer_candidates) = match rx.recv().await {
+            Some(Message::Hello {
+                mapping,
+                candidates,
+            }) => (mapping, candidates),
+            Some(other) => {
+                return Err(TransportError::Protocol(format!(
+                    "expected hello, got {other:?}"
+                )));
+            }
+            None => return Ok(()),
+        };
+        let config = self.config.punch.clone();
+        let mut round: u8 = 0;
+        let mut told_direct = false;
+        loop {
+            if self.direct(&peer).is_some() && !told_direct {
+                Message::Direct.write(send).await?;
+                told_direct = true;
+            }
+            let punching = round < config.rounds && self.direct(&peer).is_none();
+            if punching && initiates(round, dialler) {
+                Message::Sync { round }.write(send).await?;
+                tokio::time::sleep(conn.rtt() / 2).await;
+                self.punch_round(peer, &peer_candidates, peer_mapping).await;
+                round += 1;
+                continue;
+            }
+            let wait = if punching {
+                config.round_timeout + conn.rtt() * 2
+            } else {
+                Duration::from_secs(3600)
+            };
+            tokio::select! {
+                message = rx.recv() => match message {
+                    None => return Ok(()),
+                    Some(Message::Hello { mapping, candidates }) => {
+                        peer_mapping = mapping;
+                        peer_candidates = candidates;
+                    }
+                    Some(Message::Sync { round: theirs }) => {
+                        self.punch_round(peer, &peer_candidates, peer_mapping).await;
+                        round = theirs.saturating_add(1);
+                    }
+                    Some(Message::Direct) => {}
+                },
+                _ = repunch.notified() => {
+                    debug!(%peer, "punching again");
+                    told_direct = false;
+                    hello(self).write(send).await?;
+                    Message::Sync { round: 0 }.write(send).await?;
+                    tokio::time::sleep(conn.rtt() / 2).await;
+                    self.punch_round(peer, &peer_candidates, peer_mapping).await;
+                    round = 1;
+                }
+                _ = tokio::time::sleep(wait) => {
+                    // The peer's turn passed without a Sync: take the next round ourselves.
+                    round = round.saturating_add(1);
+                }
+                _ = self.cancel.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// One round of probing: priming, then probes to every candidate (and to addresses the
+    /// peer probed us from) until the path is proven or the round times out.
+    async fn punch_round(&self, peer: PeerId, candidates: &[SocketAddr], peer_mapping: Mapping) {
+        let config = &self.config.punch;
+        let net = self.endpoint.net();
+        let started = Instant::now();
+        let candidates: Vec<SocketAddr> = candidates
+            .iter()
+            .copied()
+            .filter(|a| {
+                a.ip().is_ipv4() == net.bound_addr().is_ipv4() || net.bound_addr().is_ipv6()
+            })
+            .take(MAX_CANDIDATES)
+            .collect();
+        for addr in &candidates {
+            let _ = net
+                .send_probe(*addr, Some(peer), Some(config.priming_ttl))
+                .await;
+        }
+        let spray = peer_mapping == Mapping::EndpointDependent
+            && self.nat_status().mapping.is_predictable()
+            && config.spray_budget > 0;
+        let mut sprayed = 0u32;
+        let mut sent = 0u32;
+        while started.elapsed() < config.round_timeout {
+            if self.direct(&peer).is_some() {
+                debug!(%peer, elapsed_ms = started.elapsed().as_millis() as u64, "direct path proven");
+                return;
+            }
+            let reflexive = lock(&self.sessions)
+                .get(&peer)
+                .map(|s| s.reflexive.clone())
+                .unwrap_or_default();
+            for addr in candidates.iter().chain(reflexive.iter()) {
+                let _ = net.send_probe(*addr, Some(peer), None).await;
+            }
+            if spray {
+                // Random ports of the peer's public addresses: a hit lands on the mapping its
+                // NAT made towards us.
+                let per_tick = (config.spray_budget / 20).max(1);
+                for _ in 0..per_tick {
+                    if sprayed >= config.spray_budget {
+                        break;
+                    }
+                    for addr in candidates.iter().filter(|a| !is_private(a)) {
+                        let port = rand::thread_rng().gen_range(1024..=u16::MAX);
+                        let _ = net
+                            .send_probe(SocketAddr::new(addr.ip(), port), Some(peer), None)
+                            .await;
+                    }
+                    sprayed += 1;
+                }
+            }
+            sent += 1;
+            let interval = if sent < config.fast_probes {
+                config.fast_interval
+            } else {
+                config.slow_interval
+            };
+            tokio::time::sleep(interval).await;
+        }
+        debug!(%peer, "punch round timed out");
+    }
+
+    fn handle_event(self: &Arc<Self>, event: NetEvent) {
+        match event {
+            NetEvent::Dht { from, bytes } => {
+                if let Some(inbox) = lock(&self.dht_inbox).as_ref() {
+                    let _ = inbox.try_send((from, bytes));
+                }
+            }
+            NetEvent::Probed { from, peer } => {
+                let is_new = {
+                    let mut sessions = lock(&self.sessions);
+                    match sessions.get_mut(&peer) {
+                        Some(session) if !session.reflexive.contains(&from) => {
+                            if session.reflexive.len() < MAX_CANDIDATES {
+                                session.reflexive.push(from);
+                            }
+                            true
+                        }
+                        Some(_) => true,
+                        None => false,
+                    }
+                };
+                // A peer we are punching with reached us from `from`: probe it back, so that our
+                // side proves the path too (its NAT may only let `from` through).
+                if is_new && self.direct(&peer).is_none() {
+                    let inner = self.clone();
+                    tokio::spawn(async move {
+                        let _ = inner
+                            .endpoint
+                            .net()
+                            .send_probe(from, Some(peer), None)
+                            .await;
+                    });
+                }
+            }
+            NetEvent::ProbeAnswered { from, observed, .. } => {
+                if self.config.observers.contains(&from) {
+                    self.observe(from, observed);
+                }
+            }
+            NetEvent::RelayRegistered {
+                relay,
+                observed,
+                lifetime,
+            } => {
+                let known = {
+                    let mut relays = lock(&self.relays);
+                    match relays.get_mut(&relay) {
+                        Some(state) => {
+                            state.registered_at = Some(Instant::now());
+                            state.lifetime = lifetime;
+                            true
+                        }
+                        None => false,
+                    }
+                };
+                if known {
+                    self.observe(relay, observed);
+                    self.relay_registered.notify_waiters();
+                }
+            }
+            NetEvent::RelayRefused { relay, reason } => {
+                if let Some(state) = lock(&self.relays).get_mut(&relay) {
+                    warn!(%relay, reason, "relay refused us");
+                    state.registered_at = None;
+                }
+            }
+        }
+    }
+
+    /// Records what an observer saw; a change means our network changed: punch again.
+    fn observe(&self, observer: SocketAddr, observed: SocketAddr) {
+        let changed = lock(&self.nat).record(observer, observed, Instant::now());
+        if changed {
+            info!(%observer, %observed, "public address changed; punching again");
+            for session in lock(&self.sessions).values() {
+                session.repunch.notify_one();
+            }
+        }
+    }
+}
+
+fn is_private(addr: &SocketAddr) -> bool {
+    match addr.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) => ip.is_private() || ip.is_loopback() || ip.is_link_local(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct PunchHandler {
+    inner: std::sync::Weak<Inner>,
+}
+
+#[async_trait]
+impl ProtocolHandler for PunchHandler {
+    async fn accept(&self, conn: Connection) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let peer = conn.remote_peer();
+        if let Err(error) = inner.run_session(conn, false).await {
+            debug!(%peer, %error, "punch session ended");
+        }
+    }
+}
+
+async fn event_loop(inner: Arc<Inner>, mut events: mpsc::Receiver<NetEvent>) {
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            event = events.recv() => match event {
+                Some(event) => inner.handle_event(event),
+                None => return,
+            },
+        }
+    }
+}
+
+/// Registers with every relay, renewing at a third of the lifetime it granted (and retrying
+/// quickly while unregistered).
+async fn relay_keeper(inner: Arc<Inner>) {
+    loop {
+        let relays: Vec<(RelayAddr, bool)> = {
+            let now = Instant::now();
+            lock(&inner.relays)
+                .values()
+                .map(|r| {
+                    let fresh = r.registered_at.is_some_and(|at| now < at + r.lifetime / 3);
+                    (r.relay, fresh)
+                })
+                .collect()
+        };
+        let mut all_fresh = true;
+        for (relay, fresh) in relays {
+            if !fresh {
+                all_fresh = false;
+                inner.register(relay).await;
+            }
+        }
+        let pause = if all_fresh {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_millis(500)
+        };
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Asks the configured observers for our address, quickly at first, then every 30 s (which
+/// also notices a network change).
+async fn observer_prober(inner: Arc<Inner>) {
+    let mut round = 0u32;
+    loop {
+        for observer in inner.config.observers.clone() {
+            let _ = inner.endpoint.net().send_probe(observer, None, None).await;
+        }
+        round += 1;
+        let pause = if round < 5 {
+            Duration::from_millis(300)
+        } else {
+            Duration::from_secs(30)
+        };
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Re-probes direct paths; one silent for three intervals is dropped (traffic falls back to
+/// the relay) and its session punches again.
+async fn path_monitor(inner: Arc<Inner>) {
+    let interval = inner.config.path_check_interval;
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = Instant::now();
+        let paths: Vec<(PeerId, SocketAddr, Option<Instant>, bool)> =
+            inner.endpoint.net().with_paths(|paths| {
+                paths
+                    .iter()
+                    .filter_map(|p| {
+                        p.direct
+                            .map(|d| (p.peer, d.addr, p.last_direct_rx, p.relay.is_some()))
+                    })
+                    .collect()
+            });
+        for (peer, addr, last_rx, has_relay) in paths {
+            let silent = last_rx.is_none_or(|at| now.duration_since(at) > interval * 3);
+            if silent && has_relay {
+                warn!(%peer, %addr, "direct path went quiet; back to the relay");
+                inner
+                    .endpoint
+                    .net()
+                    .with_paths(|paths| paths.drop_direct(&peer));
+                if let Some(session) = lock(&inner.sessions).get(&peer) {
+                    session.repunch.notify_one();
+                }
+            } else {
+                let _ = inner
+                    .endpoint
+                    .net()
+                    .send_probe(addr, Some(peer), None)
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Nodes on loopback: connecting through a relay at once, switching to the direct path when a
+//! probe round trip proves it, connecting directly without a relay, and what relays refuse.
+
+use std::time::{Duration, Instant};
+
+use kith_transport::net::RelayConfig;
+use kith_transport::net::paths::Route;
+use kith_transport::node::punch::PunchConfig;
+use kith_transport::{
+    Connection, EndpointOptions, Node, NodeConfig, PeerAddrs, ProtocolHandler, RelayAddr,
+    SecretKey, TransportError,
+};
+
+const ECHO: &[u8] = b"kith/test-echo/1";
+
+#[derive(Debug)]
+struct Echo;
+
+#[async_trait::async_trait]
+impl ProtocolHandler for Echo {
+    async fn accept(&self, conn: Connection) {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut recv, &mut send).await;
+                let _ = send.finish();
+            });
+        }
+    }
+}
+
+fn config() -> NodeConfig {
+    NodeConfig {
+        endpoint: EndpointOptions::localhost(),
+        ..NodeConfig::default()
+    }
+}
+
+fn relay_node() -> Node {
+    let mut config = config();
+    config.endpoint.relay = RelayConfig {
+        enabled: true,
+        ..RelayConfig::default()
+    };
+    Node::builder(SecretKey::generate(), config)
+        .unwrap()
+        .spawn()
+        .unwrap()
+}
+
+fn relay_addr(relay: &Node) -> RelayAddr {
+    RelayAddr {
+        peer: relay.peer_id(),
+        addr: relay.endpoint().local_addr(),
+    }
+}
+
+fn node_with(relay: Option<RelayAddr>, punch: PunchConfig) -> Node {
+    let mut config = config();
+    config.relays = relay.into_iter().collect();
+    config.punch = punch;
+    Node::builder(SecretKey::generate(), config)
+        .unwrap()
+        .accept(ECHO, Echo)
+        .spawn()
+        .unwrap()
+}
+
+async fn echo(conn: &Connection, payload: &[u8]) -> Vec<u8> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(payload).await.unwrap();
+    send.finish().unwrap();
+    recv.read_to_end(usize::MAX).await.unwrap()
+}
+
+async fn wait_for_route(
+    node: &Node,
+    peer: &kith_transport::PeerId,
+    want: fn(&Route) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    while !want(&node.route(peer)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "route stayed {:?}",
+            node.route(peer)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_relayed_connection_carries_data_when_punching_is_off() {
+    let relay = relay_node();
+    let no_punch = PunchConfig {
+        rounds: 0,
+        ..PunchConfig::default()
+    };
+    let b = node_with(Some(relay_addr(&relay)), no_punch.clone());
+    let a = node_with(None, no_punch);
+    assert!(b.wait_registered(Duration::from_secs(5)).await);
+    let conn = a
+        .connect(
+            b.peer_id(),
+            PeerAddrs {
+                addrs: vec![],
+                relay: Some(relay_addr(&relay)),
+            },
+            ECHO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(conn.remote_peer(), b.peer_id());
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(echo(&conn, &payload).await, payload);
+    assert!(matches!(a.route(&b.peer_id()), Route::Relay(_)));
+    assert!(matches!(b.route(&a.peer_id()), Route::Relay(_)));
+    let stats = relay.endpoint().net().relay_stats();
+    assert_eq!(stats.registered, 2);
+    assert!(
+        stats.forwarded_bytes > 2_000_000,
+        "the relay carried the megabyte both ways: {stats:?}"
+    );
+    for node in [a, b, relay] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_relayed_connection_moves_to_the_direct_path_once_proven() {
+    let relay = relay_node();
+    let b = node_with(Some(relay_addr(&relay)), PunchConfig::default());
+    let a = node_with(None, PunchConfig::default());
+    assert!(b.wait_registered(Duration::from_secs(5)).await);
+    let started = Instant::now();
+    let conn = a
+        .connect(
+            b.peer_id(),
+            PeerAddrs {
+                addrs: vec![],
+                relay: Some(relay_addr(&relay)),
+            },
+            ECHO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        echo(&conn, b"first, probably relayed").await,
+        b"first, probably relayed"
+    );
+    let is_direct = |r: &Route| matches!(r, Route::Direct(_));
+    wait_for_route(&a, &b.peer_id(), is_direct).await;
+    wait_for_route(&b, &a.peer_id(), is_direct).await;
+    let time_to_direct = started.elapsed();
+    assert!(
+        time_to_direct < Duration::from_secs(2),
+        "{time_to_direct:?}"
+    );
+    // The same connection goes on, now direct: the relay carries nothing more.
+    let relayed_before = relay.endpoint().net().relay_stats().forwarded_packets;
+    let payload = vec![7u8; 2_000_000];
+    assert_eq!(echo(&conn, &payload).await, payload);
+    let relayed_after = relay.endpoint().net().relay_stats().forwarded_packets;
+    assert!(
+        relayed_after - relayed_before < 10,
+        "relay forwarded {} packets after the switch",
+        relayed_after - relayed_before
+    );
+    assert_eq!(a.paths()[0].route, "direct");
+    for node in [a, b, relay] {
+        node.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn without_a_relay_a_node_connects_to_an_address_that_answers() {
+    let b = node_with(None, PunchConfig::default());
+    let a = node_with(None, PunchConfig::default());
+    let conn = a
+        .connect(
+            b.peer_id(),
+            PeerAddrs {
+                addrs: vec![b.endpoint().local_addr()],
+                relay: None,
+            },
+            ECHO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(echo(&conn, b"hello").await, b"hello");
+    assert!(matches!(a.route(&b.peer_id()), Route::Direct(_)));
+
+    // Nothing to try: a clear error, at once.
+    let c = SecretKey::generate().peer_id();
+    let err = a.connect(c, PeerAddrs::default(), ECHO).await.unwrap_err();
+    assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_relay_refuses_registrations() {
+    let not_a_relay = node_with(None, PunchConfig::default());
+    let mut config = config();
+    config.connect_timeout = Duration::from_millis(800);
+    let a = Node::builder(SecretKey::generate(), config)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let peer = SecretKey::generate().peer_id();
+    let err = a
+        .connect(
+            peer,
+            PeerAddrs {
+                addrs: vec![],
+                relay: Some(relay_addr(&not_a_relay)),
+            },
+            ECHO,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+    assert_eq!(not_a_relay.endpoint().net().relay_stats().registered, 0);
+    a.shutdown().await;
+    not_a_relay.shutdown().await;
+}
