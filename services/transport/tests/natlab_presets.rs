@@ -493,3 +493,53 @@ async fn race_breaks_a_naive_punch_and_priming_fixes_it() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The harness itself.
+
+/// Tasks run in their namespace, stop on request, re-raise panics; dropping the lab removes its
+/// namespaces.
+#[tokio::test]
+async fn lab_tasks_stop_and_namespaces_go_away() {
+    let lab = Lab::new(Nat::PortRestricted, Nat::Symmetric).unwrap();
+    // A socket made in ha has ha's address; the same bind elsewhere fails.
+    let ha = lab.ip(Node::Ha);
+    let bound = lab
+        .run_in(Node::Ha, move || async move {
+            UdpSocket::bind((ha, 0)).await.map(|_| ()).is_ok()
+        })
+        .await
+        .unwrap();
+    assert!(bound, "ha's address is bindable inside ha");
+    let elsewhere = lab
+        .run_in(Node::Hb, move || async move {
+            UdpSocket::bind((ha, 0)).await.is_ok()
+        })
+        .await
+        .unwrap();
+    assert!(!elsewhere, "ha's address is not bindable inside hb");
+
+    let forever = lab.spawn_in(Node::Relay, || std::future::pending::<()>());
+    forever.stop();
+    assert!(forever.join().await.is_err(), "a stopped task reports it");
+
+    let panicked = lab.spawn_in(Node::Relay, || async { panic!("boom") });
+    let caught = tokio::spawn(panicked.join()).await;
+    assert!(
+        caught.unwrap_err().is_panic(),
+        "a task's panic is re-raised by join"
+    );
+
+    let names: Vec<String> = Node::ALL.iter().map(|&node| lab.ns(node)).collect();
+    assert!(
+        names
+            .iter()
+            .all(|ns| std::path::Path::new(&format!("/run/netns/{ns}")).exists())
+    );
+    drop(lab);
+    assert!(
+        names
+            .iter()
+            .all(|ns| !std::path::Path::new(&format!("/run/netns/{ns}")).exists())
+    );
+}
