@@ -519,7 +519,7 @@ async fn lab_tasks_stop_and_namespaces_go_away() {
         .unwrap();
     assert!(!elsewhere, "ha's address is not bindable inside hb");
 
-    let forever = lab.spawn_in(Node::Relay, || std::future::pending::<()>());
+    let forever = lab.spawn_in(Node::Relay, std::future::pending::<()>);
     forever.stop();
     assert!(forever.join().await.is_err(), "a stopped task reports it");
 
