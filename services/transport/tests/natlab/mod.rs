@@ -73,7 +73,9 @@ pub enum Nat {
     /// [`Nat::PortRestricted`] on a router that accepts unsolicited packets to itself (no input
     /// filter), as a plain Linux box with masquerade does. An unsolicited packet from the peer
     /// then leaves a *confirmed* conntrack entry, so the host's later packet to that peer cannot
-    /// have its own port and is mapped to another one: the conntrack race.
+    /// have its own port and is mapped to another one: the conntrack race. The router answers
+    /// such packets with ICMP port unreachable (ignored by unconnected UDP sockets without
+    /// `IP_RECVERR`, which quinn-udp does not set).
     PortRestrictedRace,
 }
 
@@ -109,7 +111,11 @@ impl Nat {
         let full_cone = self == Nat::FullCone;
         let mut rules = String::from("table ip natlab {\n");
         if full_cone {
-            // The ports the host has sent from recently: inbound packets to them are forwarded.
+            // The ports the host has sent from recently (refreshed by every outbound packet):
+            // inbound packets to them are forwarded to the host, whoever sends them. Keyed on
+            // the host's port, which is the mapped port because the SNAT preserves ports (it
+            // would not only if two flows clashed on the same tuple, which one host with one
+            // socket per port cannot cause).
             rules += "  set fullcone { type inet_service; flags dynamic,timeout; timeout 120s; }\n";
         }
         rules += &format!(
@@ -565,8 +571,8 @@ impl<T> Drop for NsTask<T> {
     }
 }
 
-/// Sends `payload`-less probe from `socket` to a reflector at `reflector` and returns the
-/// address the reflector saw, retrying a few times (each try waits 200 ms).
+/// Sends a one-byte probe from `socket` to the reflector at `reflector` and returns the address
+/// the reflector saw (the socket's public mapping), retrying up to 10 times, 200 ms apart.
 pub async fn observe(
     socket: &tokio::net::UdpSocket,
     reflector: SocketAddr,
