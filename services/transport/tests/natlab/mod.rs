@@ -696,3 +696,4 @@ fn delete_namespace(ns: &str) {
     }
     let _ = run("ip", &["netns", "del", ns], None);
 }
+pub mod pair;
