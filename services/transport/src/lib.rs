@@ -20,6 +20,7 @@
 
 pub mod connection;
 pub mod dht;
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod peer;
