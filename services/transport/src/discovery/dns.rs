@@ -394,7 +394,7 @@ async fn bootstrap_from_txt(resolver: &DnsResolver, fqdn: &str) -> Result<Found,
     Ok(found)
 }
 
-fn parse_bootstrap_entry(value: &str) -> Result<(PeerId, SocketAddr), &'static str> {
+pub(crate) fn parse_bootstrap_entry(value: &str) -> Result<(PeerId, SocketAddr), &'static str> {
     let (peer, addr) = value
         .split_once('@')
         .ok_or("expected <peer id>@<ip>:<port>")?;

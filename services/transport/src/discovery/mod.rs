@@ -3,6 +3,8 @@
 //! - [`dns`]: bootstrap peers published under a domain (SRV + TXT, or a TXT-only static form),
 //!   and names (`alice.example.com`) that point to a Kith identity and the nodes that serve it,
 //!   like Bluesky handles. Lookups go through hickory-resolver over plain UDP/TCP DNS.
+//! - Configured peers: [`BootstrapPeer`] parses `<peer id>@<ip>:<port>`, the same syntax as the
+//!   TXT-only DNS form.
 //! - [`mdns`]: multicast DNS-SD on the local link (`_kith._udp.local`), so two nodes on one
 //!   network find each other with no internet and no configuration.
 //!
@@ -59,6 +61,24 @@ pub struct BootstrapPeer {
     pub peer: PeerId,
     /// Where to dial it (at least one, at most [`MAX_ADDRS_PER_PEER`]).
     pub addrs: Vec<SocketAddr>,
+}
+
+impl FromStr for BootstrapPeer {
+    type Err = DiscoveryError;
+
+    /// Parses one configured bootstrap peer, `<peer id>@<ip>:<port>` (IPv6 as `[v6]:port`): the
+    /// same form as a `kith-bootstrap=` TXT value, so a config file and DNS share one syntax.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (peer, addr) =
+            dns::parse_bootstrap_entry(s).map_err(|reason| DiscoveryError::Malformed {
+                name: "bootstrap peer".into(),
+                reason: reason.into(),
+            })?;
+        Ok(Self {
+            peer,
+            addrs: vec![addr],
+        })
+    }
 }
 
 /// A Kith identity id as printed by the identity service: bech32m with prefix `kith` over the
@@ -175,6 +195,18 @@ pub enum DiscoveryError {
 mod tests {
     use super::*;
     use crate::peer::SecretKey;
+
+    #[test]
+    fn configured_bootstrap_peers_parse() {
+        let peer = SecretKey::generate().peer_id();
+        let parsed: BootstrapPeer = format!("{peer}@[2001:db8::1]:4433").parse().unwrap();
+        assert_eq!(parsed.peer, peer);
+        assert_eq!(parsed.addrs, vec!["[2001:db8::1]:4433".parse().unwrap()]);
+        assert!(matches!(
+            format!("{peer}@nowhere").parse::<BootstrapPeer>(),
+            Err(DiscoveryError::Malformed { .. })
+        ));
+    }
 
     #[test]
     fn identity_ids_round_trip_and_refuse_bad_forms() {
