@@ -188,8 +188,9 @@ fn a_node_started_later_is_answered_at_once_with_the_default_interface() {
         wait_for(&node_b, &mut events_b, a).await;
         let took = started.elapsed();
         eprintln!("late node answered in {took:?}");
-        // Answers wait for the next tick of A's loop (250 ms), never for the next announcement.
-        assert!(took < Duration::from_millis(600), "answer took {took:?}");
+        // Answers wait for the next tick of A's loop (250 ms), not for the next announcement (60 s);
+        // the bound leaves room for a loaded CI machine.
+        assert!(took < Duration::from_secs(2), "answer took {took:?}");
         node_a.shutdown().await;
         node_b.shutdown().await;
     });
