@@ -15,11 +15,20 @@
 //! share it with QUIC.
 //!
 //! The Kademlia DHT lives in [`dht`], sans-IO: routing table, lookups, signed peer records, the
-//! wire messages, and an in-process simulator. Not here yet: the DHT on the UDP socket,
-//! DNS/mDNS discovery, NAT traversal and relays, the gRPC API and the CLI.
+//! wire messages, and an in-process simulator.
+//!
+//! [`discovery`] finds peers without the DHT: bootstrap peers published in DNS (SRV + TXT under
+//! `_kith._udp.<domain>`, or TXT `kith-bootstrap=<peer>@<ip:port>` under
+//! `_kith-bootstrap.<domain>`), names such as `alice.example.com` that point to an identity
+//! through TXT `kith=kith1…` under `_kith.<name>` (hickory-resolver), and Kith nodes on the LAN
+//! by mDNS (`_kith._udp.local`, no internet needed). What it finds is a hint; the QUIC handshake
+//! proves the key.
+//!
+//! Not here yet: the DHT on the UDP socket, NAT traversal and relays, the gRPC API and the CLI.
 
 pub mod connection;
 pub mod dht;
+pub mod discovery;
 pub mod endpoint;
 pub mod error;
 pub mod net;
