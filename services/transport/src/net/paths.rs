@@ -91,7 +91,13 @@ pub struct PathTable {
     by_virtual: HashMap<SocketAddr, PeerId>,
     /// Real addresses known to belong to a peer: packets from them are the peer's.
     by_source: HashMap<SocketAddr, PeerId>,
+    /// Addresses peers probed us from before we managed a path for them (a dialler punches
+    /// before its connection reaches us through the relay); applied when the path is made.
+    early_sources: HashMap<PeerId, SocketAddr>,
 }
+
+/// Most early sources remembered (probes are unauthenticated: the table must stay bounded).
+const MAX_EARLY_SOURCES: usize = 1024;
 
 impl PathTable {
     /// The peer's path, created (with a fresh virtual address) if it has none. `None` when the
@@ -106,6 +112,9 @@ impl PathTable {
             let virtual_addr =
                 SocketAddr::new(Ipv4Addr::new(VIRTUAL_OCTET, b, c, d).into(), VIRTUAL_PORT);
             self.by_virtual.insert(virtual_addr, peer);
+            if let Some(source) = self.early_sources.remove(&peer) {
+                self.by_source.insert(source, peer);
+            }
             self.by_peer.insert(
                 peer,
                 PeerPath {
@@ -146,13 +155,21 @@ impl PathTable {
         Some(path.virtual_addr)
     }
 
-    /// Notes that packets from `source` are `peer`'s (a probe from it named the peer, or a probe
-    /// to it was answered). Nothing happens for an unmanaged peer.
+    /// Notes that packets from `source` are `peer`'s (a probe from it named the peer). For a
+    /// peer without a path yet it is remembered, boundedly, until the path is made.
     pub fn learn_source(&mut self, peer: PeerId, source: SocketAddr) {
         let source = canonical(source);
         if self.by_peer.contains_key(&peer) {
             self.by_source.insert(source, peer);
+            return;
         }
+        if self.early_sources.len() >= MAX_EARLY_SOURCES
+            && !self.early_sources.contains_key(&peer)
+            && let Some(evicted) = self.early_sources.keys().next().copied()
+        {
+            self.early_sources.remove(&evicted);
+        }
+        self.early_sources.insert(peer, source);
     }
 
     /// Makes `addr` the peer's direct path (a probe to it was answered after `rtt`).
@@ -266,13 +283,22 @@ mod tests {
     }
 
     #[test]
-    fn unmanaged_peers_cannot_claim_sources() {
+    fn sources_learnt_before_the_path_apply_when_it_is_made_and_stay_bounded() {
         let mut table = PathTable::default();
         let peer = SecretKey::from_bytes([4; 32]).peer_id();
-        table.learn_source(peer, "203.0.113.1:1".parse().unwrap());
+        let source: SocketAddr = "203.0.113.1:1".parse().unwrap();
+        table.learn_source(peer, source);
+        assert_eq!(table.virtual_for_source(&source, Instant::now()), None);
+        let virtual_addr = table.ensure(peer).unwrap().virtual_addr;
         assert_eq!(
-            table.virtual_for_source(&"203.0.113.1:1".parse().unwrap(), Instant::now()),
-            None
+            table.virtual_for_source(&source, Instant::now()),
+            Some(virtual_addr)
         );
+        for i in 0..(MAX_EARLY_SOURCES as u32 + 100) {
+            let mut seed = [5u8; 32];
+            seed[..4].copy_from_slice(&i.to_be_bytes());
+            table.learn_source(SecretKey::from_bytes(seed).peer_id(), source);
+        }
+        assert!(table.early_sources.len() <= MAX_EARLY_SOURCES);
     }
 }

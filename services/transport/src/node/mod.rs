@@ -22,6 +22,7 @@ pub mod punch;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -133,6 +134,7 @@ struct Inner {
     relay_registered: Notify,
     sessions: Mutex<HashMap<PeerId, Session>>,
     last_punch: Mutex<HashMap<PeerId, Instant>>,
+    probed_back: Mutex<HashSet<(PeerId, SocketAddr)>>,
     dht_inbox: Mutex<Option<DhtInbox>>,
     cancel: CancellationToken,
 }
@@ -223,6 +225,7 @@ impl Node {
             relay_registered: Notify::new(),
             sessions: Mutex::new(HashMap::new()),
             last_punch: Mutex::new(HashMap::new()),
+            probed_back: Mutex::new(HashSet::new()),
             dht_inbox: Mutex::new(None),
             cancel: CancellationToken::new(),
         });
@@ -336,11 +339,11 @@ impl Node {
             inner.ensure_relay(relay).await?;
             net.with_paths(|paths| paths.set_relay(peer, Some(relay.addr)));
         }
-        for addr in addrs.addrs.iter().take(MAX_CANDIDATES) {
-            let _ = net.send_probe(*addr, Some(peer), None).await;
-        }
         let has_relay = net.with_paths(|paths| paths.get(&peer).is_some_and(|p| p.relay.is_some()));
         if has_relay {
+            // No probes of our own yet: one that reached the peer's NAT before the peer sent
+            // anything our way could make that NAT remap the peer (the conntrack race). The
+            // punch session fires both sides together, primed.
             inner.start_punch(peer);
         } else {
             inner.wait_direct(peer, &addrs.addrs).await?;
@@ -551,9 +554,15 @@ impl Inner {
         };
         hello(self).write(send).await?;
         // Messages arrive on their own task: reading is not cancel-safe, waiting on a channel is.
+        // `Direct` also sets a flag at once, so that a running round can stop early.
+        let peer_direct = Arc::new(AtomicBool::new(false));
         let (tx, mut rx) = mpsc::channel(16);
+        let flag = peer_direct.clone();
         let reader = tokio::spawn(async move {
             while let Ok(Some(message)) = Message::read(&mut recv).await {
+                if message == Message::Direct {
+                    flag.store(true, Ordering::Relaxed);
+                }
                 if tx.send(message).await.is_err() {
                     break;
                 }
@@ -576,20 +585,28 @@ impl Inner {
         let mut round: u8 = 0;
         let mut told_direct = false;
         loop {
-            if self.direct(&peer).is_some() && !told_direct {
+            let direct = self.direct(&peer).is_some();
+            if direct && !told_direct {
                 Message::Direct.write(send).await?;
                 told_direct = true;
             }
-            let punching = round < config.rounds && self.direct(&peer).is_none();
+            // Rounds go on until *both* sides have a proven path: our probes are what lets a
+            // peer behind an endpoint-dependent NAT prove its side (it probes back whatever
+            // address reached it).
+            let done = direct && peer_direct.load(Ordering::Relaxed);
+            let punching = !done && round < config.rounds;
             if punching && initiates(round, dialler) {
                 Message::Sync { round }.write(send).await?;
                 tokio::time::sleep(conn.rtt() / 2).await;
-                self.punch_round(peer, &peer_candidates, peer_mapping).await;
+                self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct)
+                    .await;
                 round += 1;
                 continue;
             }
             let wait = if punching {
                 config.round_timeout + conn.rtt() * 2
+            } else if !done {
+                config.retry_after
             } else {
                 Duration::from_secs(3600)
             };
@@ -601,7 +618,8 @@ impl Inner {
                         peer_candidates = candidates;
                     }
                     Some(Message::Sync { round: theirs }) => {
-                        self.punch_round(peer, &peer_candidates, peer_mapping).await;
+                        self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct)
+                            .await;
                         round = theirs.saturating_add(1);
                     }
                     Some(Message::Direct) => {}
@@ -609,15 +627,23 @@ impl Inner {
                 _ = repunch.notified() => {
                     debug!(%peer, "punching again");
                     told_direct = false;
+                    peer_direct.store(false, Ordering::Relaxed);
                     hello(self).write(send).await?;
                     Message::Sync { round: 0 }.write(send).await?;
                     tokio::time::sleep(conn.rtt() / 2).await;
-                    self.punch_round(peer, &peer_candidates, peer_mapping).await;
+                    self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct)
+                        .await;
                     round = 1;
                 }
                 _ = tokio::time::sleep(wait) => {
-                    // The peer's turn passed without a Sync: take the next round ourselves.
-                    round = round.saturating_add(1);
+                    if punching {
+                        // The peer's turn passed without a Sync: take the next round ourselves.
+                        round = round.saturating_add(1);
+                    } else if !done {
+                        // Every round failed: try again from the start after a pause (networks
+                        // change; a firewall may have let up).
+                        round = 0;
+                    }
                 }
                 _ = self.cancel.cancelled() => return Ok(()),
             }
@@ -625,8 +651,15 @@ impl Inner {
     }
 
     /// One round of probing: priming, then probes to every candidate (and to addresses the
-    /// peer probed us from) until the path is proven or the round times out.
-    async fn punch_round(&self, peer: PeerId, candidates: &[SocketAddr], peer_mapping: Mapping) {
+    /// peer probed us from) until both sides have proven their path, or ours is proven and a
+    /// few probes went out for the peer's sake, or the round times out.
+    async fn punch_round(
+        &self,
+        peer: PeerId,
+        candidates: &[SocketAddr],
+        peer_mapping: Mapping,
+        peer_direct: &AtomicBool,
+    ) {
         let config = &self.config.punch;
         let net = self.endpoint.net();
         let started = Instant::now();
@@ -649,8 +682,14 @@ impl Inner {
         let mut sprayed = 0u32;
         let mut sent = 0u32;
         while started.elapsed() < config.round_timeout {
-            if self.direct(&peer).is_some() {
-                debug!(%peer, elapsed_ms = started.elapsed().as_millis() as u64, "direct path proven");
+            if self.direct(&peer).is_some()
+                && (peer_direct.load(Ordering::Relaxed) || sent >= config.fast_probes / 3)
+            {
+                debug!(
+                    %peer,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "direct path proven"
+                );
                 return;
             }
             let reflexive = lock(&self.sessions)
@@ -706,7 +745,20 @@ impl Inner {
                             true
                         }
                         Some(_) => true,
-                        None => false,
+                        // No session yet (the dialler's probes can beat its connection through
+                        // the relay): still probe back a peer we manage a path for, once per
+                        // address.
+                        None => {
+                            let managed = self
+                                .endpoint
+                                .net()
+                                .with_paths(|paths| paths.get(&peer).is_some());
+                            let mut probed = lock(&self.probed_back);
+                            if probed.len() >= 1024 {
+                                probed.clear();
+                            }
+                            managed && probed.insert((peer, from))
+                        }
                     }
                 };
                 // A peer we are punching with reached us from `from`: probe it back, so that our

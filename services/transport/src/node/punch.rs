@@ -66,6 +66,8 @@ pub struct PunchConfig {
     pub spray_budget: u32,
     /// Shortest time between two punch sessions with one peer (per-peer rate limit).
     pub min_interval: Duration,
+    /// After every round failed, how long until the rounds start over.
+    pub retry_after: Duration,
 }
 
 impl Default for PunchConfig {
@@ -79,6 +81,7 @@ impl Default for PunchConfig {
             slow_interval: Duration::from_millis(200),
             spray_budget: 512,
             min_interval: Duration::from_secs(2),
+            retry_after: Duration::from_secs(30),
         }
     }
 }

@@ -12,8 +12,8 @@ use kith_transport::net::{Impairment, RelayConfig};
 use kith_transport::node::nat::Mapping;
 use kith_transport::node::punch::PunchConfig;
 use kith_transport::{
-    Connection, EndpointOptions, Node as KithNode, NodeConfig, PeerAddrs, PeerId,
-    ProtocolHandler, RelayAddr, SecretKey,
+    Connection, EndpointOptions, Node as KithNode, NodeConfig, PeerAddrs, PeerId, ProtocolHandler,
+    RelayAddr, SecretKey,
 };
 use tokio::sync::oneshot;
 
@@ -54,8 +54,9 @@ pub fn direct_expected(a: Nat, b: Nat) -> bool {
     !hard(a, b) && !hard(b, a)
 }
 
+/// Echoes every stream back.
 #[derive(Debug)]
-struct Echo;
+pub struct Echo;
 
 #[async_trait::async_trait]
 impl ProtocolHandler for Echo {
@@ -69,7 +70,8 @@ impl ProtocolHandler for Echo {
     }
 }
 
-async fn echo(conn: &Connection, payload: &[u8]) -> Result<()> {
+/// Sends `payload` on a new stream and checks it comes back.
+pub async fn echo(conn: &Connection, payload: &[u8]) -> Result<()> {
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(payload).await?;
     send.finish()?;
@@ -80,20 +82,23 @@ async fn echo(conn: &Connection, payload: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn public_config(relay: bool) -> NodeConfig {
-    let mut config = NodeConfig::default();
-    config.endpoint = EndpointOptions {
-        bind_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PUBLIC_PORT)),
-        ..EndpointOptions::default()
-    };
-    config.endpoint.relay = RelayConfig {
-        enabled: relay,
-        ..RelayConfig::default()
-    };
-    config
+/// A public node (relay or observer) on [`PUBLIC_PORT`].
+pub fn public_config(relay: bool) -> NodeConfig {
+    NodeConfig {
+        endpoint: EndpointOptions {
+            bind_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, PUBLIC_PORT)),
+            relay: RelayConfig {
+                enabled: relay,
+                ..RelayConfig::default()
+            },
+            ..EndpointOptions::default()
+        },
+        ..NodeConfig::default()
+    }
 }
 
-fn host_config(relay: RelayAddr, observer: SocketAddr, impairment: Impairment) -> NodeConfig {
+/// A node behind a lab router, using the lab's relay and observer.
+pub fn host_config(relay: RelayAddr, observer: SocketAddr, impairment: Impairment) -> NodeConfig {
     NodeConfig {
         endpoint: EndpointOptions {
             impairment,
@@ -110,7 +115,7 @@ fn host_config(relay: RelayAddr, observer: SocketAddr, impairment: Impairment) -
 }
 
 /// Waits until the node is registered with its relay and has classified its NAT.
-async fn settle(node: &KithNode) -> Result<Mapping> {
+pub async fn settle(node: &KithNode) -> Result<Mapping> {
     if !node.wait_registered(Duration::from_secs(5)).await {
         bail!("not registered with the relay");
     }
@@ -127,7 +132,8 @@ async fn settle(node: &KithNode) -> Result<Mapping> {
     }
 }
 
-async fn direct_since(node: &KithNode, peer: &PeerId, deadline: Instant) -> Option<Instant> {
+/// Waits until `node` routes `peer` directly (or `deadline` passes); when it did.
+pub async fn direct_since(node: &KithNode, peer: &PeerId, deadline: Instant) -> Option<Instant> {
     loop {
         if matches!(node.route(peer), Route::Direct(_)) {
             return Some(Instant::now());
@@ -140,7 +146,16 @@ async fn direct_since(node: &KithNode, peer: &PeerId, deadline: Instant) -> Opti
 }
 
 /// Runs one pair: relay and observer on the internet, ha dials hb through the relay.
-pub fn run_pair(a: Nat, b: Nat, impairment: Impairment, wait_direct: Duration) -> Result<PairOutcome> {
+pub fn run_pair(
+    a: Nat,
+    b: Nat,
+    impairment: Impairment,
+    wait_direct: Duration,
+) -> Result<PairOutcome> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KITH_LOG"))
+        .with_test_writer()
+        .try_init();
     let lab = Lab::new(a, b)?;
     let relay_secret = SecretKey::generate();
     let relay = RelayAddr {
@@ -188,8 +203,8 @@ pub fn run_pair(a: Nat, b: Nat, impairment: Impairment, wait_direct: Duration) -
     });
 
     let a_task = lab.spawn_in(Node::Ha, move || async move {
-        let node = KithNode::builder(a_secret, host_config(relay, observer_addr, impairment))?
-            .spawn()?;
+        let node =
+            KithNode::builder(a_secret, host_config(relay, observer_addr, impairment))?.spawn()?;
         let a_mapping = settle(&node).await?;
         let (b_addrs, b_mapping) = b_ready_rx.await.context("hb gone")??;
         let started = Instant::now();
