@@ -16,6 +16,7 @@
 //!   matching responses to requests.
 //! - [`sim`]: the virtual network the simulation benchmark and tests run on.
 
+pub mod driver;
 pub mod id;
 pub mod lookup;
 pub mod message;
@@ -24,6 +25,7 @@ pub mod routing;
 pub mod rpc;
 pub mod sim;
 
+pub use driver::{Dht, DhtConfig, DhtError, DhtStatus};
 pub use id::{Distance, NodeId, topic_key};
 pub use lookup::{LookupConfig, LookupOutcome, LookupState};
 pub use message::{DecodeError, DhtMessage, EncodeError, MessageBody, Token};
