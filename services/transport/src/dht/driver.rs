@@ -407,7 +407,7 @@ fn millis(d: Duration) -> u64 {
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| millis(d))
+        .map_or(0, millis)
 }
 
 fn unix_secs() -> u64 {
@@ -496,13 +496,14 @@ enum Then {
 
 enum Op {
     Lookup {
-        state: LookupState,
+        /// Boxed, like `then`: they dwarf the other variants.
+        state: Box<LookupState>,
         kind: LookupKind,
         /// Tokens the answering nodes gave us, by node.
         tokens: HashMap<NodeId, Token>,
         /// Verified records, one per peer (highest sequence).
         records: HashMap<PeerId, PeerRecord>,
-        then: Then,
+        then: Box<Then>,
     },
     /// Bootstrap pings; the self-lookup follows once all are answered or expired.
     Pings {
@@ -798,11 +799,11 @@ impl Driver {
         let now = self.now_ms();
         self.responder.table.mark_lookup(&target, now);
         let op = self.new_op(Op::Lookup {
-            state,
+            state: Box::new(state),
             kind,
             tokens: HashMap::new(),
             records: HashMap::new(),
-            then,
+            then: Box::new(then),
         });
         self.advance_lookup(op);
     }
@@ -850,7 +851,7 @@ impl Driver {
             hops = outcome.hops,
             "DHT lookup done"
         );
-        match then {
+        match *then {
             Then::Reply(reply) => {
                 if kind == LookupKind::GetPeers {
                     let now = unix_secs();
