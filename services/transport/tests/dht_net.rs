@@ -514,3 +514,32 @@ async fn an_unpadded_first_request_gets_no_larger_answer() {
     assert!(!got.is_empty(), "contacts only a padded request earns");
     stop_all(nodes).await;
 }
+
+#[tokio::test]
+async fn an_inbox_over_its_rate_drops_and_counts() {
+    let seed = start();
+    let node = start_with(
+        rand::random(),
+        DhtConfig {
+            max_inbox_per_sec: 10,
+            ..config()
+        },
+    );
+    node.dht.bootstrap(vec![seed.addr()]).await.unwrap();
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for _ in 0..100 {
+        socket.send_to(&[0x01, 0xee], node.addr()).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let status = node.dht.status().await.unwrap();
+        if status.dropped_overload > 0 && status.dropped() >= 100 {
+            assert!(status.dropped_malformed < 100, "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node.stop().await;
+    seed.stop().await;
+}
