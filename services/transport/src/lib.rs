@@ -14,9 +14,10 @@
 //! UDP socket is made in one place, [`socket`], because later slices (the DHT, hole punching)
 //! share it with QUIC.
 //!
-//! The Kademlia DHT lives in [`dht`], sans-IO: routing table, lookups, signed peer records, the
-//! wire messages, and an in-process simulator. Not here yet: the DHT on the UDP socket,
-//! DNS/mDNS discovery, NAT traversal and relays, the gRPC API and the CLI.
+//! The Kademlia DHT lives in [`dht`]: sans-IO routing table, lookups, signed peer records, the
+//! wire messages and an in-process simulator, and the driver that runs them on the shared UDP
+//! socket ([`dht::Dht`]). Not here yet: DNS/mDNS discovery, NAT traversal and relays, the gRPC API
+//! and the CLI.
 
 pub mod connection;
 pub mod dht;
