@@ -14,8 +14,13 @@
 //! UDP socket is made in one place, [`socket`], because later slices (the DHT, hole punching)
 //! share it with QUIC.
 //!
-//! The Kademlia DHT lives in [`dht`], sans-IO: routing table, lookups, signed peer records, the
-//! wire messages, and an in-process simulator.
+//! The Kademlia DHT lives in [`dht`]: sans-IO routing table, lookups, signed peer records, the
+//! wire messages and an in-process simulator, and the driver that runs them on the shared UDP
+//! socket ([`dht::Dht`]).
+//!
+//! [`net`] is the layer under QUIC: the one UDP socket shared by QUIC, the DHT, probes and
+//! relaying, and per-peer paths (direct or relayed) that QUIC rides on unawares. [`node`] puts it
+//! together: relay client, NAT classification, hole punching and the path monitor.
 //!
 //! [`discovery`] finds peers without the DHT: bootstrap peers published in DNS (SRV + TXT under
 //! `_kith._udp.<domain>`, or TXT `kith-bootstrap=<peer>@<ip:port>` under
@@ -23,8 +28,6 @@
 //! through TXT `kith=kith1…` under `_kith.<name>` (hickory-resolver), and Kith nodes on the LAN
 //! by mDNS (`_kith._udp.local`, no internet needed). What it finds is a hint; the QUIC handshake
 //! proves the key.
-//!
-//! Not here yet: the DHT on the UDP socket, NAT traversal and relays, the gRPC API and the CLI.
 
 pub mod connection;
 pub mod dht;
