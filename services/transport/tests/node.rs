@@ -224,3 +224,48 @@ async fn a_node_that_does_not_relay_refuses_registrations() {
     a.shutdown().await;
     not_a_relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_peer_found_by_id_in_the_dht_is_reached_through_its_relay_then_directly() {
+    let relay = relay_node();
+    let seed = relay.endpoint().local_addr();
+    let with_dht = |relay: Option<RelayAddr>| {
+        let mut config = config();
+        config.relays = relay.into_iter().collect();
+        config.bootstrap = vec![seed];
+        Node::builder(SecretKey::generate(), config)
+            .unwrap()
+            .accept(ECHO, Echo)
+            .spawn()
+            .unwrap()
+    };
+    let b = with_dht(Some(relay_addr(&relay)));
+    let a = with_dht(None);
+    assert!(b.wait_registered(Duration::from_secs(5)).await);
+    // B's record (its addresses and its relay) reaches the DHT.
+    let started = Instant::now();
+    let found = loop {
+        match a.find(b.peer_id()).await {
+            Ok(found) if found.relay.is_some() => break found,
+            _ => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(15),
+                    "b never published"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(found.relay, Some(relay_addr(&relay)));
+    let conn = a.connect_by_id(b.peer_id(), ECHO).await.unwrap();
+    assert_eq!(echo(&conn, b"found").await, b"found");
+    wait_for_route(&a, &b.peer_id(), |r| matches!(r, Route::Direct(_))).await;
+    let unknown = SecretKey::generate().peer_id();
+    let err = a.connect_by_id(unknown, ECHO).await.unwrap_err();
+    assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
+    let status = a.dht().unwrap().status().await.unwrap();
+    assert!(status.routing_table_size >= 2, "{status:?}");
+    for node in [a, b, relay] {
+        node.shutdown().await;
+    }
+}

@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use self::nat::{Mapping, NatObservations, NatStatus, local_addr_towards};
 use self::punch::{MAX_CANDIDATES, Message, PUNCH_ALPN, PunchConfig, initiates};
 use crate::connection::Connection;
+use crate::dht::{Dht, DhtConfig, NodeId, PeerRecord};
 use crate::endpoint::{Endpoint, EndpointOptions};
 use crate::error::TransportError;
 use crate::net::paths::Route;
@@ -80,6 +81,12 @@ pub struct NodeConfig {
     pub path_check_interval: Duration,
     /// How long [`Node::connect`] waits for a relay registration or a direct answer.
     pub connect_timeout: Duration,
+    /// The DHT (on the same socket); `None` runs the node without one.
+    pub dht: Option<DhtConfig>,
+    /// DHT nodes to bootstrap from (from config, DNS or mDNS).
+    pub bootstrap: Vec<SocketAddr>,
+    /// How long our published peer record lives (it is republished well before).
+    pub record_ttl: Duration,
 }
 
 impl Default for NodeConfig {
@@ -91,6 +98,9 @@ impl Default for NodeConfig {
             punch: PunchConfig::default(),
             path_check_interval: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            dht: Some(DhtConfig::default()),
+            bootstrap: Vec::new(),
+            record_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -136,6 +146,7 @@ struct Inner {
     last_punch: Mutex<HashMap<PeerId, Instant>>,
     probed_back: Mutex<HashSet<(PeerId, SocketAddr)>>,
     dht_inbox: Mutex<Option<DhtInbox>>,
+    dht: Mutex<Option<Dht>>,
     cancel: CancellationToken,
 }
 
@@ -171,6 +182,21 @@ impl NodeBuilder {
     /// Starts serving and the node's background tasks.
     pub fn spawn(self) -> Result<Node, TransportError> {
         let inner = self.inner;
+        if let Some(config) = inner.config.dht.clone()
+            && lock(&inner.dht_inbox).is_none()
+        {
+            let (tx, rx) = mpsc::channel(1024);
+            let dht = Dht::spawn(
+                inner.endpoint.net().clone(),
+                inner.secret.clone(),
+                config,
+                rx,
+            )
+            .map_err(|e| TransportError::Config(format!("dht: {e}")))?;
+            *lock(&inner.dht_inbox) = Some(tx);
+            *lock(&inner.dht) = Some(dht);
+            tokio::spawn(dht_keeper(inner.clone()));
+        }
         let router = self
             .router
             .accept(
@@ -227,6 +253,7 @@ impl Node {
             last_punch: Mutex::new(HashMap::new()),
             probed_back: Mutex::new(HashSet::new()),
             dht_inbox: Mutex::new(None),
+            dht: Mutex::new(None),
             cancel: CancellationToken::new(),
         });
         for relay in inner.config.relays.clone() {
@@ -351,9 +378,68 @@ impl Node {
         inner.endpoint.connect_peer(peer, alpn).await
     }
 
-    /// Stops everything in order: background tasks, then the router (connections, socket).
+    /// The DHT running on the node's socket, if any.
+    pub fn dht(&self) -> Option<Dht> {
+        lock(&self.inner.dht).clone()
+    }
+
+    /// Finds `peer` in the DHT (its signed record: addresses and relays, with each relay's
+    /// address looked up too) and connects as [`Node::connect`] does.
+    pub async fn connect_by_id(
+        &self,
+        peer: PeerId,
+        alpn: &[u8],
+    ) -> Result<Connection, TransportError> {
+        let addrs = self.find(peer).await?;
+        self.connect(peer, addrs, alpn).await
+    }
+
+    /// Where the DHT says `peer` can be reached.
+    pub async fn find(&self, peer: PeerId) -> Result<PeerAddrs, TransportError> {
+        let unreachable = |reason: &str| TransportError::Unreachable {
+            peer,
+            reason: reason.into(),
+        };
+        let dht = self
+            .dht()
+            .ok_or_else(|| unreachable("no DHT on this node"))?;
+        let record: PeerRecord = dht
+            .lookup_peer(peer)
+            .await
+            .ok_or_else(|| unreachable("no record in the DHT"))?;
+        let mut relay = None;
+        for relay_peer in record.relays.iter().take(3) {
+            let contacts = dht.find_node(NodeId::of_peer(relay_peer)).await;
+            if let Some(contact) = contacts.iter().find(|c| c.peer == *relay_peer) {
+                relay = Some(RelayAddr {
+                    peer: *relay_peer,
+                    addr: contact.addr,
+                });
+                break;
+            }
+            if let Some(record) = dht.lookup_peer(*relay_peer).await
+                && let Some(addr) = record.addrs.first()
+            {
+                relay = Some(RelayAddr {
+                    peer: *relay_peer,
+                    addr: *addr,
+                });
+                break;
+            }
+        }
+        Ok(PeerAddrs {
+            addrs: record.addrs,
+            relay,
+        })
+    }
+
+    /// Stops everything in order: background tasks and the DHT (which saves its routing
+    /// table), then the router (connections, socket).
     pub async fn shutdown(&self) {
         self.inner.cancel.cancel();
+        if let Some(dht) = self.dht() {
+            dht.shutdown().await;
+        }
         self.router.shutdown().await;
     }
 }
@@ -957,6 +1043,64 @@ async fn path_monitor(inner: Arc<Inner>) {
                     .send_probe(addr, Some(peer), None)
                     .await;
             }
+        }
+    }
+}
+
+/// Keeps the node in the DHT: bootstraps from the configured seeds until the routing table has
+/// contacts, learns our address from what DHT nodes saw, and publishes our signed record
+/// (candidates and registered relays) whenever it changes, and before it expires.
+async fn dht_keeper(inner: Arc<Inner>) {
+    let Some(dht) = lock(&inner.dht).clone() else {
+        return;
+    };
+    let mut bootstrapped = inner.config.bootstrap.is_empty();
+    let mut published: Option<(Vec<SocketAddr>, Vec<PeerId>, Instant)> = None;
+    loop {
+        if !bootstrapped {
+            match dht.bootstrap(inner.config.bootstrap.clone()).await {
+                Ok(size) => {
+                    debug!(contacts = size, "dht bootstrapped");
+                    bootstrapped = true;
+                }
+                Err(error) => debug!(%error, "dht bootstrap failed; retrying"),
+            }
+        }
+        for (observer, observed) in dht.observed_addrs().await {
+            inner.observe(observer, observed);
+        }
+        let candidates = inner.candidates();
+        let relays: Vec<PeerId> = {
+            let now = Instant::now();
+            lock(&inner.relays)
+                .values()
+                .filter(|r| r.registered_at.is_some_and(|at| now < at + r.lifetime))
+                .map(|r| r.relay.peer)
+                .collect()
+        };
+        let stale = published.as_ref().is_none_or(|(addrs, rels, at)| {
+            *addrs != candidates || *rels != relays || at.elapsed() > inner.config.record_ttl / 2
+        });
+        if bootstrapped && stale && (!candidates.is_empty() || !relays.is_empty()) {
+            match dht
+                .publish_self(candidates.clone(), relays.clone(), inner.config.record_ttl)
+                .await
+            {
+                Ok(stored) => {
+                    debug!(stored, "peer record published");
+                    published = Some((candidates, relays, Instant::now()));
+                }
+                Err(error) => debug!(%error, "peer record not published"),
+            }
+        }
+        let pause = if bootstrapped {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = inner.cancel.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
