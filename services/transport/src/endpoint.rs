@@ -23,6 +23,11 @@ use crate::peer::{PeerId, SecretKey};
 use crate::socket::bind_udp_socket;
 use crate::tls::{SERVER_NAME, TlsIdentity, peer_from_identity};
 
+/// `[::]:port`: the dual-stack wildcard.
+pub fn dual_stack(port: u16) -> SocketAddr {
+    SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+}
+
 /// Largest UDP payload QUIC may use: a relayed packet (plus the relay's header) must fit a
 /// 1500-byte Ethernet frame over IPv6 (1452 bytes of UDP payload).
 pub const QUIC_MAX_UDP_PAYLOAD: u16 = 1400;
@@ -32,7 +37,8 @@ const _: () = assert!(QUIC_MAX_UDP_PAYLOAD as usize <= MAX_RELAY_PAYLOAD);
 /// How an endpoint binds and what its connections are allowed to do.
 #[derive(Clone, Debug)]
 pub struct EndpointOptions {
-    /// Where to bind the UDP socket (`0.0.0.0:0` by default: any interface, ephemeral port).
+    /// Where to bind the UDP socket (`[::]:0` by default: dual-stack, every interface of both
+    /// families, ephemeral port; IPv4 only on a host without IPv6).
     pub bind_addr: SocketAddr,
     /// How often to send a keep-alive on an otherwise quiet connection. Below the UDP timeouts of
     /// common NATs (often 30 s, sometimes less) so that their mappings stay open.
@@ -58,7 +64,7 @@ pub struct EndpointOptions {
 impl Default for EndpointOptions {
     fn default() -> Self {
         Self {
-            bind_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind_addr: dual_stack(0),
             keep_alive: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(30),
             segmentation_offload: true,
@@ -123,7 +129,17 @@ impl Endpoint {
     /// Binds the endpoint's UDP socket and starts quinn on it. Must be called inside a Tokio
     /// runtime (quinn's I/O driver is spawned on it).
     pub fn bind(secret: SecretKey, options: EndpointOptions) -> Result<Self, TransportError> {
-        let socket = bind_udp_socket(options.bind_addr, options.socket_buffer_bytes)?;
+        let socket = match bind_udp_socket(options.bind_addr, options.socket_buffer_bytes) {
+            // A host without IPv6: the dual-stack default falls back to IPv4 on the same port.
+            Err(TransportError::Bind { .. })
+                if options.bind_addr == dual_stack(options.bind_addr.port()) =>
+            {
+                let v4 = SocketAddr::from(([0, 0, 0, 0], options.bind_addr.port()));
+                debug!("no IPv6 here; binding {v4}");
+                bind_udp_socket(v4, options.socket_buffer_bytes)?
+            }
+            other => other?,
+        };
         let local_addr = socket.local_addr().map_err(|source| TransportError::Bind {
             addr: options.bind_addr,
             source,

@@ -1,11 +1,10 @@
 //! The one place where the transport creates its UDP socket.
 //!
-//! Kith uses ONE UDP socket per address family for everything: QUIC now, and later the DHT's
-//! messages and the hole-punching probes, so that the mapping a NAT shows the DHT (and that other
-//! peers learn and punch towards) is exactly the one QUIC traffic uses. Every socket the
-//! transport binds is therefore made here and nowhere else; when the DHT arrives it will share
-//! this socket through a demultiplexing wrapper handed to quinn as an abstract socket, not by
-//! binding another one.
+//! Kith uses ONE UDP socket for everything: QUIC, the DHT's messages, the hole-punching probes
+//! and relaying, so that the mapping a NAT shows the DHT (and that other peers learn and punch
+//! towards) is exactly the one QUIC traffic uses. Every socket the transport binds is made here
+//! and nowhere else, and shared through [`crate::net::MuxSocket`]. Bound to `[::]` it is
+//! dual-stack: one socket, one port, for IPv4 and IPv6.
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -24,9 +23,12 @@ pub fn bind_udp_socket(addr: SocketAddr, buffer_bytes: usize) -> Result<UdpSocke
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
         .map_err(bind_error)?;
     if addr.is_ipv6() {
-        // Explicit, so that behaviour does not depend on the host's bindv6only setting. Dual-stack
-        // sockets come with the IPv6 slice of the transport.
-        socket.set_only_v6(true).map_err(bind_error)?;
+        // Explicit, so that behaviour does not depend on the host's bindv6only setting: `[::]`
+        // is dual-stack (one socket for both families, IPv4 peers appear as IPv4-mapped), a
+        // specific IPv6 address is IPv6 only.
+        socket
+            .set_only_v6(!addr.ip().is_unspecified())
+            .map_err(bind_error)?;
     }
     if buffer_bytes > 0 {
         if let Err(error) = socket.set_recv_buffer_size(buffer_bytes) {
@@ -60,6 +62,18 @@ mod tests {
         // Linux doubles the request for bookkeeping and caps it at rmem_max; whatever it grants
         // must not be below the ~200 KiB default.
         assert!(socket.recv_buffer_size().unwrap() >= 200 * 1024);
+    }
+
+    #[test]
+    fn the_unspecified_ipv6_address_is_dual_stack() {
+        let socket = bind_udp_socket("[::]:0".parse().unwrap(), 0).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let v4 = UdpSocket::bind("127.0.0.1:0").unwrap();
+        v4.send_to(b"over v4", ("127.0.0.1", port)).unwrap();
+        let mut buf = [0u8; 16];
+        let (len, from) = socket.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..len], b"over v4");
+        assert_eq!(from.ip().to_canonical(), v4.local_addr().unwrap().ip());
     }
 
     #[test]

@@ -269,3 +269,58 @@ async fn a_peer_found_by_id_in_the_dht_is_reached_through_its_relay_then_directl
         node.shutdown().await;
     }
 }
+
+/// Dual-stack nodes (one socket on `[::]`) reach each other over IPv6 and over IPv4, relayed and
+/// then direct.
+#[tokio::test]
+async fn dual_stack_nodes_connect_over_either_family() {
+    for loopback in ["::1", "127.0.0.1"] {
+        let dual = |relay: bool, relays: Vec<RelayAddr>| {
+            let mut config = NodeConfig::default();
+            config.endpoint.relay.enabled = relay;
+            config.relays = relays;
+            config.dht = None;
+            Node::builder(SecretKey::generate(), config)
+                .unwrap()
+                .accept(ECHO, Echo)
+                .spawn()
+                .unwrap()
+        };
+        let relay = dual(true, vec![]);
+        assert!(relay.endpoint().local_addr().is_ipv6(), "bound [::]");
+        let relay_addr = RelayAddr {
+            peer: relay.peer_id(),
+            addr: std::net::SocketAddr::new(
+                loopback.parse().unwrap(),
+                relay.endpoint().local_addr().port(),
+            ),
+        };
+        let b = dual(false, vec![relay_addr]);
+        let a = dual(false, vec![]);
+        assert!(
+            b.wait_registered(Duration::from_secs(5)).await,
+            "{loopback}"
+        );
+        let conn = a
+            .connect(
+                b.peer_id(),
+                PeerAddrs {
+                    addrs: vec![],
+                    relay: Some(relay_addr),
+                },
+                ECHO,
+            )
+            .await
+            .unwrap();
+        assert_eq!(echo(&conn, loopback.as_bytes()).await, loopback.as_bytes());
+        wait_for_route(&a, &b.peer_id(), |r| matches!(r, Route::Direct(_))).await;
+        let Route::Direct(direct) = a.route(&b.peer_id()) else {
+            unreachable!()
+        };
+        assert_eq!(direct.ip(), loopback.parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(echo(&conn, b"direct").await, b"direct");
+        for node in [a, b, relay] {
+            node.shutdown().await;
+        }
+    }
+}

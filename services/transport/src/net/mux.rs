@@ -24,7 +24,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -160,6 +160,10 @@ pub struct MuxSocket {
     shared: Mutex<Shared>,
     events: mpsc::Sender<NetEvent>,
     receiver: Mutex<Option<mpsc::Receiver<NetEvent>>>,
+    /// Relayed packets queued for quinn (read without the lock on every receive).
+    injected_len: AtomicUsize,
+    /// Whether any real address maps to a peer yet (until then received QUIC needs no lookup).
+    maps_sources: AtomicBool,
     dropped_frames: AtomicU64,
     dropped_events: AtomicU64,
     unrouted_packets: AtomicU64,
@@ -211,6 +215,8 @@ impl MuxSocket {
             }),
             events,
             receiver: Mutex::new(Some(receiver)),
+            injected_len: AtomicUsize::new(0),
+            maps_sources: AtomicBool::new(false),
             dropped_frames: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
             unrouted_packets: AtomicU64::new(0),
@@ -255,7 +261,16 @@ impl MuxSocket {
 
     /// Runs `f` on the path table.
     pub fn with_paths<R>(&self, f: impl FnOnce(&mut PathTable) -> R) -> R {
-        f(&mut self.shared().paths)
+        let mut shared = self.shared();
+        let result = f(&mut shared.paths);
+        self.note_sources(&shared.paths);
+        result
+    }
+
+    fn note_sources(&self, paths: &PathTable) {
+        if paths.maps_sources() {
+            self.maps_sources.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Accepts relayed packets from the relay `relay` at `addr` (we registered with it).
@@ -475,6 +490,7 @@ impl MuxSocket {
                 }
                 let virtual_addr = path.virtual_addr;
                 shared.injected.push_back((virtual_addr, payload.to_vec()));
+                self.injected_len.fetch_add(1, Ordering::Relaxed);
                 self.relayed_in.fetch_add(1, Ordering::Relaxed);
             }
             KIND_RELAY_FORWARD => {
@@ -519,7 +535,11 @@ impl MuxSocket {
                     }
                     .encode(),
                 );
-                self.shared().paths.learn_source(sender, from);
+                {
+                    let mut shared = self.shared();
+                    shared.paths.learn_source(sender, from);
+                    self.note_sources(&shared.paths);
+                }
                 self.emit(NetEvent::Probed { from, peer: sender });
             }
             Frame::ProbeAck {
@@ -541,6 +561,7 @@ impl MuxSocket {
                     shared.probes.remove(&nonce);
                     if shared.paths.get(&sender).is_some() {
                         shared.paths.prove_direct(sender, from, rtt, now);
+                        self.note_sources(&shared.paths);
                     }
                     rtt
                 };
@@ -614,6 +635,7 @@ impl MuxSocket {
             write
         };
         if kept > 0
+            && self.maps_sources.load(Ordering::Relaxed)
             && let Some(virtual_addr) = self.shared().paths.virtual_for_source(&from, now)
         {
             meta.addr = self.for_quinn(virtual_addr);
@@ -625,12 +647,16 @@ impl MuxSocket {
 
     /// Hands queued relayed packets to quinn.
     fn drain_injected(&self, bufs: &mut [IoSliceMut<'_>], meta: &mut [RecvMeta]) -> usize {
+        if self.injected_len.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
         let mut shared = self.shared();
         let mut n = 0;
         while n < bufs.len().min(meta.len()) {
             let Some((from, payload)) = shared.injected.pop_front() else {
                 break;
             };
+            self.injected_len.fetch_sub(1, Ordering::Relaxed);
             if payload.len() > bufs[n].len() {
                 continue;
             }

@@ -216,6 +216,11 @@ impl PathTable {
         }
     }
 
+    /// Whether any real address maps to a peer (or will, once its path exists).
+    pub fn maps_sources(&self) -> bool {
+        !self.by_source.is_empty() || !self.early_sources.is_empty()
+    }
+
     /// Number of managed peers.
     pub fn len(&self) -> usize {
         self.by_peer.len()
