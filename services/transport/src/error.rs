@@ -71,6 +71,10 @@ pub enum TransportError {
     #[error("peer {peer} unreachable: {reason}")]
     Unreachable { peer: PeerId, reason: String },
 
+    /// A name (`alice.example.com`) could not be resolved to an identity and its nodes.
+    #[error("cannot resolve {name}: {reason}")]
+    Name { name: String, reason: String },
+
     /// The endpoint has been closed.
     #[error("endpoint closed")]
     Closed,

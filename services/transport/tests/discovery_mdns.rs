@@ -338,3 +338,62 @@ fn malformed_packets_and_own_announcements_change_nothing() {
         node_b.shutdown().await;
     });
 }
+
+/// Two Kith nodes on one LAN with no internet (no bootstrap, no relay, no DNS) meet through mDNS,
+/// find each other by id and connect directly.
+#[test]
+fn two_nodes_on_a_lan_without_internet_meet_and_connect() {
+    use kith_transport::{Connection, Node, NodeConfig, ProtocolHandler};
+
+    #[derive(Debug)]
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl ProtocolHandler for Echo {
+        async fn accept(&self, conn: Connection) {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let _ = tokio::io::copy(&mut recv, &mut send).await;
+                let _ = send.finish();
+            }
+        }
+    }
+
+    let netns = Netns::new();
+    netns.run(|| async {
+        let node = || {
+            let mut config = NodeConfig::default();
+            config.endpoint.bind_addr = "0.0.0.0:0".parse().unwrap();
+            config.mdns = Some(config());
+            Node::builder(SecretKey::generate(), config)
+                .unwrap()
+                .accept(b"kith/lan-echo/1", Echo)
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (node(), node());
+        let started = Instant::now();
+        let found = loop {
+            if let Ok(found) = a.find(b.peer_id()).await
+                && !found.addrs.is_empty()
+            {
+                break found;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "b not found on the LAN"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(found.relay.is_none());
+        let conn = a
+            .connect_by_id(b.peer_id(), b"kith/lan-echo/1")
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(b"no internet needed").await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(recv.read_to_end(100).await.unwrap(), b"no internet needed");
+        a.shutdown().await;
+        b.shutdown().await;
+    });
+}

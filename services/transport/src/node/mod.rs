@@ -37,6 +37,7 @@ use self::nat::{Mapping, NatObservations, NatStatus, local_addr_towards};
 use self::punch::{MAX_CANDIDATES, Message, PUNCH_ALPN, PunchConfig, initiates};
 use crate::connection::Connection;
 use crate::dht::{Dht, DhtConfig, NodeId, PeerRecord};
+use crate::discovery::{BootstrapPeer, DnsConfig, DnsResolver, Mdns, MdnsConfig, NameRecord};
 use crate::endpoint::{Endpoint, EndpointOptions};
 use crate::error::TransportError;
 use crate::net::paths::Route;
@@ -87,6 +88,15 @@ pub struct NodeConfig {
     pub bootstrap: Vec<SocketAddr>,
     /// How long our published peer record lives (it is republished well before).
     pub record_ttl: Duration,
+    /// Domains whose DNS records list bootstrap nodes (`_kith._udp.<domain>` SRV or
+    /// `_kith-bootstrap.<domain>` TXT; see [`crate::discovery::dns`]).
+    pub dns_bootstrap: Vec<String>,
+    /// How DNS is resolved (bootstrap domains and names).
+    pub dns: DnsConfig,
+    /// Find and be found by Kith nodes on the LAN (mDNS), so two nodes on one network meet with
+    /// no internet. Off by default in the library (tests must not talk to the real LAN); the
+    /// daemon turns it on.
+    pub mdns: Option<MdnsConfig>,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +111,9 @@ impl Default for NodeConfig {
             dht: Some(DhtConfig::default()),
             bootstrap: Vec::new(),
             record_ttl: Duration::from_secs(3600),
+            dns_bootstrap: Vec::new(),
+            dns: DnsConfig::default(),
+            mdns: None,
         }
     }
 }
@@ -147,6 +160,8 @@ struct Inner {
     probed_back: Mutex<HashSet<(PeerId, SocketAddr)>>,
     dht_inbox: Mutex<Option<DhtInbox>>,
     dht: Mutex<Option<Dht>>,
+    /// Peers seen on the LAN (mDNS): a fallback for finding them without the DHT.
+    lan_peers: Mutex<HashMap<PeerId, Vec<SocketAddr>>>,
     cancel: CancellationToken,
 }
 
@@ -215,6 +230,12 @@ impl NodeBuilder {
         tokio::spawn(relay_keeper(inner.clone()));
         tokio::spawn(observer_prober(inner.clone()));
         tokio::spawn(path_monitor(inner.clone()));
+        if let Some(config) = inner.config.mdns.clone() {
+            let port = inner.endpoint.local_addr().port();
+            let mdns = Mdns::spawn(inner.endpoint.peer_id(), port, config)
+                .map_err(|e| TransportError::Config(format!("mdns: {e}")))?;
+            tokio::spawn(lan_keeper(inner.clone(), mdns));
+        }
         Ok(Node {
             inner,
             router: Arc::new(router),
@@ -254,6 +275,7 @@ impl Node {
             probed_back: Mutex::new(HashSet::new()),
             dht_inbox: Mutex::new(None),
             dht: Mutex::new(None),
+            lan_peers: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
         });
         for relay in inner.config.relays.clone() {
@@ -400,13 +422,17 @@ impl Node {
             peer,
             reason: reason.into(),
         };
-        let dht = self
-            .dht()
-            .ok_or_else(|| unreachable("no DHT on this node"))?;
-        let record: PeerRecord = dht
-            .lookup_peer(peer)
-            .await
-            .ok_or_else(|| unreachable("no record in the DHT"))?;
+        let lan = lock(&self.inner.lan_peers).get(&peer).cloned();
+        let Some(dht) = self.dht() else {
+            return lan
+                .map(|addrs| PeerAddrs { addrs, relay: None })
+                .ok_or_else(|| unreachable("no DHT on this node, and not on the LAN"));
+        };
+        let Some(record): Option<PeerRecord> = dht.lookup_peer(peer).await else {
+            return lan
+                .map(|addrs| PeerAddrs { addrs, relay: None })
+                .ok_or_else(|| unreachable("no record in the DHT, and not on the LAN"));
+        };
         let mut relay = None;
         for relay_peer in record.relays.iter().take(3) {
             let contacts = dht.find_node(NodeId::of_peer(relay_peer)).await;
@@ -431,6 +457,39 @@ impl Node {
             addrs: record.addrs,
             relay,
         })
+    }
+
+    /// Resolves a name such as `alice.example.com` (DNS TXT `kith=…` and `node=…` under
+    /// `_kith.<name>`) to the identity it names and the node keys that serve it.
+    pub async fn resolve_name(&self, name: &str) -> Result<NameRecord, TransportError> {
+        let resolver = DnsResolver::new(&self.inner.config.dns)
+            .map_err(|e| TransportError::Config(format!("dns: {e}")))?;
+        crate::discovery::resolve_name(&resolver, name)
+            .await
+            .map_err(|e| TransportError::Name {
+                name: name.into(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Resolves `name` and connects to the first of its nodes that can be reached.
+    pub async fn connect_by_name(
+        &self,
+        name: &str,
+        alpn: &[u8],
+    ) -> Result<Connection, TransportError> {
+        let record = self.resolve_name(name).await?;
+        let mut last = None;
+        for node in record.nodes.iter().take(8) {
+            match self.connect_by_id(*node, alpn).await {
+                Ok(conn) => return Ok(conn),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| TransportError::Name {
+            name: name.into(),
+            reason: "the name lists no node keys".into(),
+        }))
     }
 
     /// Stops everything in order: background tasks and the DHT (which saves its routing
@@ -1054,11 +1113,14 @@ async fn dht_keeper(inner: Arc<Inner>) {
     let Some(dht) = lock(&inner.dht).clone() else {
         return;
     };
-    let mut bootstrapped = inner.config.bootstrap.is_empty();
+    let mut bootstrapped =
+        inner.config.bootstrap.is_empty() && inner.config.dns_bootstrap.is_empty();
     let mut published: Option<(Vec<SocketAddr>, Vec<PeerId>, Instant)> = None;
     loop {
         if !bootstrapped {
-            match dht.bootstrap(inner.config.bootstrap.clone()).await {
+            let mut seeds = inner.config.bootstrap.clone();
+            seeds.extend(dns_seeds(&inner).await);
+            match dht.bootstrap(seeds).await {
                 Ok(size) => {
                     debug!(contacts = size, "dht bootstrapped");
                     bootstrapped = true;
@@ -1103,4 +1165,54 @@ async fn dht_keeper(inner: Arc<Inner>) {
             _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// Bootstrap addresses from the configured DNS domains (failures are logged and skipped).
+async fn dns_seeds(inner: &Inner) -> Vec<SocketAddr> {
+    if inner.config.dns_bootstrap.is_empty() {
+        return Vec::new();
+    }
+    let resolver = match DnsResolver::new(&inner.config.dns) {
+        Ok(resolver) => resolver,
+        Err(error) => {
+            warn!(%error, "no DNS resolver; DNS bootstrap skipped");
+            return Vec::new();
+        }
+    };
+    let mut seeds = Vec::new();
+    for domain in &inner.config.dns_bootstrap {
+        match crate::discovery::resolve_bootstrap(&resolver, domain).await {
+            Ok(peers) => seeds.extend(peers.into_iter().flat_map(|p: BootstrapPeer| p.addrs)),
+            Err(error) => warn!(%domain, %error, "DNS bootstrap failed"),
+        }
+    }
+    seeds
+}
+
+/// Meets the nodes mDNS finds on the LAN: remembers their addresses and adds them to the DHT.
+async fn lan_keeper(inner: Arc<Inner>, mdns: Mdns) {
+    let mut found = mdns.discovered();
+    loop {
+        tokio::select! {
+            _ = inner.cancel.cancelled() => break,
+            peer = found.recv() => match peer {
+                Ok(peer) => {
+                    debug!(peer = %peer.peer, addrs = ?peer.addrs, "found on the LAN");
+                    {
+                        let mut lan = lock(&inner.lan_peers);
+                        if lan.len() < 1024 || lan.contains_key(&peer.peer) {
+                            lan.insert(peer.peer, peer.addrs.clone());
+                        }
+                    }
+                    let dht = lock(&inner.dht).clone();
+                    if let Some(dht) = dht {
+                        let _ = dht.bootstrap(peer.addrs).await;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            },
+        }
+    }
+    mdns.shutdown().await;
 }
