@@ -361,10 +361,10 @@ fn two_nodes_on_a_lan_without_internet_meet_and_connect() {
     let netns = Netns::new();
     netns.run(|| async {
         let node = || {
-            let mut config = NodeConfig::default();
-            config.endpoint.bind_addr = "0.0.0.0:0".parse().unwrap();
-            config.mdns = Some(config());
-            Node::builder(SecretKey::generate(), config)
+            let mut node_config = NodeConfig::default();
+            node_config.endpoint.bind_addr = "0.0.0.0:0".parse().unwrap();
+            node_config.mdns = Some(config());
+            Node::builder(SecretKey::generate(), node_config)
                 .unwrap()
                 .accept(b"kith/lan-echo/1", Echo)
                 .spawn()
