@@ -324,3 +324,85 @@ async fn dual_stack_nodes_connect_over_either_family() {
         }
     }
 }
+
+/// Garbage, forged and replayed frames on a node's socket are dropped and counted, change
+/// nothing, and the node keeps relaying and connecting.
+#[tokio::test]
+async fn bad_frames_on_the_shared_socket_change_nothing() {
+    use kith_transport::net::frame::{self, Frame, RelayRegistration};
+
+    let relay = relay_node();
+    let b = node_with(Some(relay_addr(&relay)), PunchConfig::default());
+    assert!(b.wait_registered(Duration::from_secs(5)).await);
+    let target = relay.endpoint().local_addr();
+    let raw = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let stranger = SecretKey::generate();
+    let quic_like = vec![0x40u8; 100];
+    let mut bad_probe = Frame::Probe {
+        nonce: 1,
+        sender: stranger.peer_id(),
+    }
+    .encode();
+    bad_probe[63] = 9;
+    let mut forged = RelayRegistration::sign(&stranger, relay.peer_id(), 1);
+    forged.signature[3] ^= 1;
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let good = RelayRegistration::sign(&stranger, relay.peer_id(), unix_ms);
+    let datagrams: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x3f; 50],
+        vec![frame::KIND_PROBE; 10],
+        bad_probe,
+        // An answer to a probe nobody sent.
+        Frame::ProbeAck {
+            nonce: 7,
+            sender: stranger.peer_id(),
+            observed: raw.local_addr().unwrap(),
+        }
+        .encode(),
+        // Forwarding from an address that never registered.
+        frame::relay_frame(frame::KIND_RELAY_FORWARD, &b.peer_id(), &quic_like),
+        // A relay frame carrying something that is not QUIC.
+        frame::relay_frame(frame::KIND_RELAY_FORWARD, &b.peer_id(), &[1u8; 100]),
+        // "Delivered" by someone who is not a relay we registered with.
+        frame::relay_frame(frame::KIND_RELAY_DELIVER, &b.peer_id(), &quic_like),
+        Frame::RelayRegister(forged).encode(),
+        Frame::RelayRegister(good.clone()).encode(),
+        // The same registration again: a replay.
+        Frame::RelayRegister(good).encode(),
+    ];
+    for datagram in &datagrams {
+        raw.send_to(datagram, target).await.unwrap();
+        raw.send_to(datagram, b.endpoint().local_addr())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let relay_stats = relay.endpoint().net().relay_stats();
+    // b, and the stranger's one good registration; the forged one and the replay refused.
+    assert_eq!(relay_stats.registered, 2, "{relay_stats:?}");
+    assert!(relay_stats.refused >= 3, "{relay_stats:?}");
+    let b_stats = b.endpoint().net().stats();
+    assert!(b_stats.dropped_frames >= 6, "{b_stats:?}");
+    assert_eq!(b_stats.relayed_in, 0, "nothing injected: {b_stats:?}");
+    // Everything still works.
+    let a = node_with(None, PunchConfig::default());
+    let conn = a
+        .connect(
+            b.peer_id(),
+            PeerAddrs {
+                addrs: vec![],
+                relay: Some(relay_addr(&relay)),
+            },
+            ECHO,
+        )
+        .await
+        .unwrap();
+    assert_eq!(echo(&conn, b"still fine").await, b"still fine");
+    for node in [a, b, relay] {
+        node.shutdown().await;
+    }
+}
