@@ -1,6 +1,7 @@
 //! Kith nodes across the NAT lab's matrix: for every pair of presets the dialler connects through
 //! the relay, data crosses, both nodes classify their NAT correctly, and the path becomes direct
-//! wherever direct is possible (symmetric against symmetric or port-restricted may stay relayed).
+//! everywhere but symmetric against symmetric (symmetric against port-restricted goes direct by
+//! the birthday strategy).
 //! Every host's socket adds 5 ms of delay and 1% loss (the lab's UDP shim: tc netem is not
 //! available). The `natlab` benchmark runs the same matrix repeatedly for time-to-direct.
 
@@ -58,6 +59,8 @@ pairs! {
     port_restricted_port_restricted: PortRestricted x PortRestricted,
     port_restricted_symmetric: PortRestricted x Symmetric,
     symmetric_symmetric: Symmetric x Symmetric,
+    symmetric_port_restricted: Symmetric x PortRestricted,
+    symmetric_full_cone: Symmetric x FullCone,
     symmetric_none: Symmetric x None,
     race_port_restricted: PortRestrictedRace x PortRestricted,
     port_restricted_race: PortRestricted x PortRestrictedRace,

@@ -54,6 +54,18 @@ const MAX_PENDING_PROBES: usize = 4096;
 /// A probe unanswered for this long is forgotten.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most extra sockets open at once (the birthday strategy opens them per peer).
+pub const MAX_AUX_SOCKETS: usize = 512;
+
+/// An extra socket opened for one peer by the birthday strategy (see
+/// [`crate::node::punch`]): many mappings on our endpoint-dependent NAT towards the peer, one
+/// of which the peer's random-port probes may hit. Only probes and QUIC for that peer use it.
+#[derive(Debug)]
+struct Aux {
+    io: tokio::net::UdpSocket,
+    peer: PeerId,
+}
+
 /// Network impairment applied to everything the socket sends (tests and the NAT lab).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Impairment {
@@ -85,6 +97,8 @@ pub enum NetEvent {
         from: SocketAddr,
         /// Who says it probed.
         peer: PeerId,
+        /// The extra socket it arrived on, if not the main one.
+        via: Option<u16>,
     },
     /// A probe we sent was answered.
     ProbeAnswered {
@@ -98,6 +112,8 @@ pub enum NetEvent {
         rtt: Duration,
         /// The probe's nonce.
         nonce: u64,
+        /// The extra socket it went out on, if not the main one.
+        via: Option<u16>,
     },
     /// A relay accepted our registration.
     RelayRegistered {
@@ -137,6 +153,7 @@ struct PendingProbe {
     to: SocketAddr,
     expect: Option<PeerId>,
     sent_at: Instant,
+    via: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -147,6 +164,8 @@ struct Shared {
     relays: HashMap<SocketAddr, PeerId>,
     probes: HashMap<u64, PendingProbe>,
     injected: VecDeque<(SocketAddr, Vec<u8>)>,
+    aux: HashMap<u16, Arc<Aux>>,
+    next_aux: u16,
 }
 
 /// The shared UDP socket. See the module docs.
@@ -164,6 +183,8 @@ pub struct MuxSocket {
     injected_len: AtomicUsize,
     /// Whether any real address maps to a peer yet (until then received QUIC needs no lookup).
     maps_sources: AtomicBool,
+    /// Extra sockets open (read without the lock on every receive).
+    aux_len: AtomicUsize,
     dropped_frames: AtomicU64,
     dropped_events: AtomicU64,
     unrouted_packets: AtomicU64,
@@ -212,11 +233,14 @@ impl MuxSocket {
                 relays: HashMap::new(),
                 probes: HashMap::new(),
                 injected: VecDeque::new(),
+                aux: HashMap::new(),
+                next_aux: 0,
             }),
             events,
             receiver: Mutex::new(Some(receiver)),
             injected_len: AtomicUsize::new(0),
             maps_sources: AtomicBool::new(false),
+            aux_len: AtomicUsize::new(0),
             dropped_frames: AtomicU64::new(0),
             dropped_events: AtomicU64::new(0),
             unrouted_packets: AtomicU64::new(0),
@@ -313,7 +337,28 @@ impl MuxSocket {
         expect: Option<PeerId>,
         ttl: Option<u32>,
     ) -> io::Result<u64> {
+        self.send_probe_via(None, to, expect, ttl).await
+    }
+
+    /// [`MuxSocket::send_probe`] from one of the extra sockets (`via`), or the main one.
+    pub async fn send_probe_via(
+        &self,
+        via: Option<u16>,
+        to: SocketAddr,
+        expect: Option<PeerId>,
+        ttl: Option<u32>,
+    ) -> io::Result<u64> {
         let to = canonical(to);
+        let aux = match via {
+            None => None,
+            Some(id) => Some(
+                self.shared()
+                    .aux
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| io::Error::other("no such extra socket"))?,
+            ),
+        };
         let nonce = {
             let mut shared = self.shared();
             let now = Instant::now();
@@ -335,6 +380,7 @@ impl MuxSocket {
                     to,
                     expect,
                     sent_at: now,
+                    via,
                 },
             );
             nonce
@@ -344,11 +390,71 @@ impl MuxSocket {
             sender: self.local_peer,
         }
         .encode();
-        match ttl {
-            None => self.send_frame(to, &bytes).await?,
-            Some(ttl) => self.send_with_ttl(to, &bytes, ttl).await?,
+        match (aux, ttl) {
+            (Some(aux), None) => {
+                aux.io.send_to(&bytes, family_of(&aux.io, to)).await?;
+            }
+            (Some(aux), Some(ttl)) => {
+                let to = family_of(&aux.io, to);
+                let previous = set_ttl(&aux.io, to, ttl)?;
+                let sent = aux.io.try_send_to(&bytes, to);
+                set_ttl(&aux.io, to, previous)?;
+                sent?;
+            }
+            (None, None) => self.send_frame(to, &bytes).await?,
+            (None, Some(ttl)) => self.send_with_ttl(to, &bytes, ttl).await?,
         }
         Ok(nonce)
+    }
+
+    /// Opens `count` extra sockets for `peer` (the birthday strategy), within
+    /// [`MAX_AUX_SOCKETS`] in all; returns their ids.
+    pub fn open_aux(&self, peer: PeerId, count: usize) -> io::Result<Vec<u16>> {
+        let mut shared = self.shared();
+        let room = MAX_AUX_SOCKETS.saturating_sub(shared.aux.len());
+        let wildcard = SocketAddr::new(
+            if self.local_addr.is_ipv6() {
+                IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+            },
+            0,
+        );
+        let mut ids = Vec::new();
+        for _ in 0..count.min(room) {
+            let socket = crate::socket::bind_udp_socket(wildcard, 0)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            socket.set_nonblocking(true)?;
+            let io = tokio::net::UdpSocket::from_std(socket)?;
+            let id = loop {
+                shared.next_aux = shared.next_aux.wrapping_add(1);
+                if !shared.aux.contains_key(&shared.next_aux) {
+                    break shared.next_aux;
+                }
+            };
+            shared.aux.insert(id, Arc::new(Aux { io, peer }));
+            ids.push(id);
+        }
+        self.aux_len.store(shared.aux.len(), Ordering::Relaxed);
+        Ok(ids)
+    }
+
+    /// Closes `peer`'s extra sockets, except the one its direct path runs over.
+    pub fn close_aux(&self, peer: &PeerId) {
+        let mut shared = self.shared();
+        let keep = shared
+            .paths
+            .get(peer)
+            .and_then(|p| p.direct.and_then(|d| d.via));
+        shared
+            .aux
+            .retain(|id, aux| aux.peer != *peer || Some(*id) == keep);
+        self.aux_len.store(shared.aux.len(), Ordering::Relaxed);
+    }
+
+    /// Extra sockets open now.
+    pub fn aux_count(&self) -> usize {
+        self.aux_len.load(Ordering::Relaxed)
     }
 
     async fn send_with_ttl(&self, to: SocketAddr, bytes: &[u8], ttl: u32) -> io::Result<()> {
@@ -447,6 +553,19 @@ impl MuxSocket {
         let _ = self.send_now(self.socket_family(to), bytes, None);
     }
 
+    /// Best-effort immediate send from the socket a datagram came in on.
+    fn reply_via(&self, via: Option<u16>, to: SocketAddr, bytes: &[u8]) {
+        match via {
+            None => self.reply(to, bytes),
+            Some(id) => {
+                let aux = self.shared().aux.get(&id).cloned();
+                if let Some(aux) = aux {
+                    let _ = aux.io.try_send_to(bytes, family_of(&aux.io, to));
+                }
+            }
+        }
+    }
+
     fn emit(&self, event: NetEvent) {
         if self.events.try_send(event).is_err() {
             self.dropped_events.fetch_add(1, Ordering::Relaxed);
@@ -458,11 +577,15 @@ impl MuxSocket {
         self.dropped_frames.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Handles one non-QUIC datagram from `from` (canonical).
-    fn handle_frame(&self, from: SocketAddr, bytes: &[u8], now: Instant) {
+    /// Handles one non-QUIC datagram from `from` (canonical) that arrived on the main socket or
+    /// on extra socket `via` (which carries probes only).
+    fn handle_frame(&self, from: SocketAddr, bytes: &[u8], now: Instant, via: Option<u16>) {
         let Some(&kind) = bytes.first() else {
             return self.dropped("empty", from);
         };
+        if via.is_some() && !matches!(kind, KIND_PROBE | KIND_PROBE_ACK) {
+            return self.dropped("not a probe on an extra socket", from);
+        }
         match kind {
             KIND_DHT => self.emit(NetEvent::Dht {
                 from,
@@ -513,20 +636,21 @@ impl MuxSocket {
             | KIND_RELAY_REGISTER
             | KIND_RELAY_REGISTERED
             | KIND_RELAY_REFUSED => match Frame::decode(bytes) {
-                Ok(frame) => self.handle_control(from, frame, now),
+                Ok(frame) => self.handle_control(from, frame, now, via),
                 Err(_) => self.dropped("malformed", from),
             },
             _ => self.dropped("unknown kind", from),
         }
     }
 
-    fn handle_control(&self, from: SocketAddr, frame: Frame, now: Instant) {
+    fn handle_control(&self, from: SocketAddr, frame: Frame, now: Instant, via: Option<u16>) {
         match frame {
             Frame::Probe { nonce, sender } => {
                 if sender == self.local_peer {
                     return self.dropped("own probe", from);
                 }
-                self.reply(
+                self.reply_via(
+                    via,
                     from,
                     &Frame::ProbeAck {
                         nonce,
@@ -540,7 +664,11 @@ impl MuxSocket {
                     shared.paths.learn_source(sender, from);
                     self.note_sources(&shared.paths);
                 }
-                self.emit(NetEvent::Probed { from, peer: sender });
+                self.emit(NetEvent::Probed {
+                    from,
+                    peer: sender,
+                    via,
+                });
             }
             Frame::ProbeAck {
                 nonce,
@@ -553,14 +681,17 @@ impl MuxSocket {
                         drop(shared);
                         return self.dropped("unsolicited probe answer", from);
                     };
-                    if pending.to != from || pending.expect.is_some_and(|p| p != sender) {
+                    if pending.to != from
+                        || pending.via != via
+                        || pending.expect.is_some_and(|p| p != sender)
+                    {
                         drop(shared);
                         return self.dropped("probe answer from the wrong peer", from);
                     }
                     let rtt = now.saturating_duration_since(pending.sent_at);
                     shared.probes.remove(&nonce);
                     if shared.paths.get(&sender).is_some() {
-                        shared.paths.prove_direct(sender, from, rtt, now);
+                        shared.paths.prove_direct(sender, from, rtt, now, via);
                         self.note_sources(&shared.paths);
                     }
                     rtt
@@ -571,6 +702,7 @@ impl MuxSocket {
                     observed: canonical(observed),
                     rtt,
                     nonce,
+                    via,
                 });
             }
             Frame::RelayRegister(registration) => {
@@ -628,7 +760,7 @@ impl MuxSocket {
                     buf.copy_within(read..end, write);
                     write += end - read;
                 } else {
-                    self.handle_frame(from, &buf[read..end], now);
+                    self.handle_frame(from, &buf[read..end], now, None);
                 }
                 read = end;
             }
@@ -643,6 +775,56 @@ impl MuxSocket {
         }
         meta.len = kept;
         kept
+    }
+
+    /// Reads what the extra sockets received: probes are handled, QUIC from a peer's proven
+    /// address goes to quinn as from its virtual address, anything else is dropped. Registers
+    /// the task to be woken by every extra socket that has nothing to read.
+    fn poll_aux(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> usize {
+        let auxes: Vec<(u16, Arc<Aux>)> = self
+            .shared()
+            .aux
+            .iter()
+            .map(|(id, aux)| (*id, aux.clone()))
+            .collect();
+        let now = Instant::now();
+        let mut n = 0;
+        for (id, aux) in auxes {
+            while n < bufs.len().min(meta.len()) {
+                let mut read = tokio::io::ReadBuf::new(&mut bufs[n]);
+                let from = match aux.io.poll_recv_from(cx, &mut read) {
+                    Poll::Ready(Ok(from)) => canonical(from),
+                    // Errors (an ICMP unreachable for a probe) and nothing to read.
+                    Poll::Ready(Err(_)) | Poll::Pending => break,
+                };
+                let len = read.filled().len();
+                if !is_quic(&bufs[n][..len]) {
+                    let bytes = bufs[n][..len].to_vec();
+                    self.handle_frame(from, &bytes, now, Some(id));
+                    continue;
+                }
+                let mapped = self.shared().paths.virtual_for_source(&from, now);
+                match mapped {
+                    Some(virtual_addr) => {
+                        meta[n] = RecvMeta {
+                            addr: self.for_quinn(virtual_addr),
+                            len,
+                            stride: len,
+                            ecn: None,
+                            dst_ip: None,
+                        };
+                        n += 1;
+                    }
+                    None => self.dropped("quic from a stranger on an extra socket", from),
+                }
+            }
+        }
+        n
     }
 
     /// Hands queued relayed packets to quinn.
@@ -686,14 +868,30 @@ impl AsyncUdpSocket for MuxSocket {
         if !is_virtual(&transmit.destination) {
             return self.send_transmit(transmit);
         }
-        let route = {
+        let (route, aux) = {
             let shared = self.shared();
-            shared
+            let route = shared
                 .paths
                 .peer_of_virtual(&transmit.destination)
-                .map(|p| (p.peer, p.route()))
+                .map(|p| (p.peer, p.route(), p.direct.and_then(|d| d.via)));
+            let aux = route
+                .and_then(|(_, _, via)| via)
+                .and_then(|id| shared.aux.get(&id).cloned());
+            (route.map(|(peer, route, _)| (peer, route)), aux)
         };
         match route {
+            Some((_, Route::Direct(addr))) if aux.is_some() => {
+                let aux = aux.expect("checked");
+                let to = family_of(&aux.io, addr);
+                let size = transmit
+                    .segment_size
+                    .unwrap_or(transmit.contents.len())
+                    .max(1);
+                for packet in transmit.contents.chunks(size) {
+                    let _ = aux.io.try_send_to(packet, to);
+                }
+                Ok(())
+            }
             Some((_, Route::Direct(addr))) => self.send_transmit(&Transmit {
                 destination: self.socket_family(addr),
                 ..transmit.clone()
@@ -735,6 +933,12 @@ impl AsyncUdpSocket for MuxSocket {
             let injected = self.drain_injected(bufs, meta);
             if injected > 0 {
                 return Poll::Ready(Ok(injected));
+            }
+            if self.aux_len.load(Ordering::Relaxed) > 0 {
+                let received = self.poll_aux(cx, bufs, meta);
+                if received > 0 {
+                    return Poll::Ready(Ok(received));
+                }
             }
             ready!(self.io.poll_recv_ready(cx))?;
             let Ok(received) = self.io.try_io(Interest::READABLE, || {
@@ -805,5 +1009,27 @@ impl UdpPoller for Poller {
             this.fut = None;
         }
         result
+    }
+}
+
+/// `to` in the family of `socket` (IPv4 becomes IPv4-mapped on an IPv6 socket).
+fn family_of(socket: &tokio::net::UdpSocket, to: SocketAddr) -> SocketAddr {
+    match (socket.local_addr().map(|a| a.is_ipv6()), to.ip()) {
+        (Ok(true), IpAddr::V4(ip)) => SocketAddr::new(ip.to_ipv6_mapped().into(), to.port()),
+        _ => to,
+    }
+}
+
+/// Sets the TTL (hop limit) for datagrams to `to` on `socket`; returns the previous one.
+fn set_ttl(socket: &tokio::net::UdpSocket, to: SocketAddr, ttl: u32) -> io::Result<u32> {
+    let sock = socket2::SockRef::from(socket);
+    if to.ip().to_canonical().is_ipv4() {
+        let previous = sock.ttl_v4()?;
+        sock.set_ttl_v4(ttl)?;
+        Ok(previous)
+    } else {
+        let previous = sock.unicast_hops_v6()?;
+        sock.set_unicast_hops_v6(ttl)?;
+        Ok(previous)
     }
 }

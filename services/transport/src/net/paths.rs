@@ -44,6 +44,8 @@ pub struct DirectPath {
     pub rtt: Duration,
     /// When it was proven (or last re-proven).
     pub proven_at: Instant,
+    /// The extra socket it runs over (the birthday strategy), if not the main one.
+    pub via: Option<u16>,
 }
 
 /// Everything the socket layer knows about reaching one peer.
@@ -173,7 +175,14 @@ impl PathTable {
     }
 
     /// Makes `addr` the peer's direct path (a probe to it was answered after `rtt`).
-    pub fn prove_direct(&mut self, peer: PeerId, addr: SocketAddr, rtt: Duration, now: Instant) {
+    pub fn prove_direct(
+        &mut self,
+        peer: PeerId,
+        addr: SocketAddr,
+        rtt: Duration,
+        now: Instant,
+        via: Option<u16>,
+    ) {
         let addr = canonical(addr);
         let Some(path) = self.by_peer.get_mut(&peer) else {
             return;
@@ -182,7 +191,7 @@ impl PathTable {
         // two working addresses would reorder packets for nothing.
         let replace = match path.direct {
             None => true,
-            Some(current) if current.addr == addr => true,
+            Some(current) if current.addr == addr && current.via == via => true,
             Some(current) => rtt * 2 < current.rtt,
         };
         if replace {
@@ -190,6 +199,7 @@ impl PathTable {
                 addr,
                 rtt,
                 proven_at: now,
+                via,
             });
             path.last_direct_rx = Some(now);
         }
@@ -270,15 +280,15 @@ mod tests {
         assert_eq!(table.get(&peer).unwrap().route(), Route::Relay(relay));
         let now = Instant::now();
         assert_eq!(table.virtual_for_source(&direct, now), None);
-        table.prove_direct(peer, direct, Duration::from_millis(20), now);
+        table.prove_direct(peer, direct, Duration::from_millis(20), now, None);
         assert_eq!(table.get(&peer).unwrap().route(), Route::Direct(direct));
         let virtual_addr = table.get(&peer).unwrap().virtual_addr;
         assert_eq!(table.virtual_for_source(&direct, now), Some(virtual_addr));
         // A slower second address does not displace the first; a much faster one does.
         let other: SocketAddr = "198.51.100.3:5000".parse().unwrap();
-        table.prove_direct(peer, other, Duration::from_millis(15), now);
+        table.prove_direct(peer, other, Duration::from_millis(15), now, None);
         assert_eq!(table.get(&peer).unwrap().route(), Route::Direct(direct));
-        table.prove_direct(peer, other, Duration::from_millis(5), now);
+        table.prove_direct(peer, other, Duration::from_millis(5), now, None);
         assert_eq!(table.get(&peer).unwrap().route(), Route::Direct(other));
         table.drop_direct(&peer);
         assert_eq!(table.get(&peer).unwrap().route(), Route::Relay(relay));

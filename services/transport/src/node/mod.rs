@@ -142,8 +142,10 @@ struct RelayState {
 
 #[derive(Debug, Default)]
 struct Session {
-    /// Addresses the peer probed us from (peer-reflexive candidates).
-    reflexive: Vec<SocketAddr>,
+    /// Addresses the peer probed us from (peer-reflexive candidates), and on which socket.
+    reflexive: Vec<(SocketAddr, Option<u16>)>,
+    /// Extra sockets opened for the birthday strategy.
+    aux: Vec<u16>,
     /// Wakes the session to punch again (direct path lost, network changed).
     repunch: Arc<Notify>,
 }
@@ -157,7 +159,7 @@ struct Inner {
     relay_registered: Notify,
     sessions: Mutex<HashMap<PeerId, Session>>,
     last_punch: Mutex<HashMap<PeerId, Instant>>,
-    probed_back: Mutex<HashSet<(PeerId, SocketAddr)>>,
+    probed_back: Mutex<HashSet<(PeerId, SocketAddr, Option<u16>)>>,
     dht_inbox: Mutex<Option<DhtInbox>>,
     dht: Mutex<Option<Dht>>,
     /// Peers seen on the LAN (mDNS): a fallback for finding them without the DHT.
@@ -681,6 +683,7 @@ impl Inner {
             .session_rounds(&conn, &mut send, recv, dialler, &repunch)
             .await;
         lock(&self.sessions).remove(&peer);
+        self.endpoint.net().close_aux(&peer);
         result
     }
 
@@ -727,6 +730,14 @@ impl Inner {
             None => return Ok(()),
         };
         let config = self.config.punch.clone();
+        // Against an endpoint-independent peer from behind an endpoint-dependent NAT, open the
+        // birthday sockets now, so that their mappings exist before the peer starts spraying.
+        if self.nat_status().mapping == Mapping::EndpointDependent
+            && peer_mapping == Mapping::EndpointIndependent
+            && config.birthday_sockets > 0
+        {
+            self.open_birthday(peer, &peer_candidates).await;
+        }
         let mut round: u8 = 0;
         let mut told_direct = false;
         loop {
@@ -740,6 +751,13 @@ impl Inner {
             // address reached it).
             let done = direct && peer_direct.load(Ordering::Relaxed);
             let punching = !done && round < config.rounds;
+            if !punching {
+                // Keep only the extra socket the direct path runs over, if any.
+                self.endpoint.net().close_aux(&peer);
+                if let Some(session) = lock(&self.sessions).get_mut(&peer) {
+                    session.aux.clear();
+                }
+            }
             if punching && initiates(round, dialler) {
                 Message::Sync { round }.write(send).await?;
                 tokio::time::sleep(conn.rtt() / 2).await;
@@ -821,8 +839,15 @@ impl Inner {
                 .send_probe(*addr, Some(peer), Some(config.priming_ttl))
                 .await;
         }
+        let own_mapping = self.nat_status().mapping;
+        if own_mapping == Mapping::EndpointDependent
+            && peer_mapping == Mapping::EndpointIndependent
+            && config.birthday_sockets > 0
+        {
+            self.open_birthday(peer, &candidates).await;
+        }
         let spray = peer_mapping == Mapping::EndpointDependent
-            && self.nat_status().mapping.is_predictable()
+            && own_mapping.is_predictable()
             && config.spray_budget > 0;
         let mut sprayed = 0u32;
         let mut sent = 0u32;
@@ -841,8 +866,11 @@ impl Inner {
                 .get(&peer)
                 .map(|s| s.reflexive.clone())
                 .unwrap_or_default();
-            for addr in candidates.iter().chain(reflexive.iter()) {
+            for addr in &candidates {
                 let _ = net.send_probe(*addr, Some(peer), None).await;
+            }
+            for (addr, via) in &reflexive {
+                let _ = net.send_probe_via(*via, *addr, Some(peer), None).await;
             }
             if spray {
                 // Random ports of the peer's public addresses: a hit lands on the mapping its
@@ -872,6 +900,46 @@ impl Inner {
         debug!(%peer, "punch round timed out");
     }
 
+    /// The birthday strategy's half on an endpoint-dependent NAT: many extra sockets, each
+    /// sending a priming probe (low TTL: it makes a mapping on our NAT and dies before the
+    /// peer's) to the peer's public addresses, so that our NAT holds many mappings towards the
+    /// peer, any of which the peer's random-port probes may hit.
+    async fn open_birthday(&self, peer: PeerId, candidates: &[SocketAddr]) {
+        let net = self.endpoint.net();
+        let opened = lock(&self.sessions)
+            .get(&peer)
+            .map(|s| s.aux.clone())
+            .unwrap_or_default();
+        let aux = if opened.is_empty() {
+            match net.open_aux(peer, self.config.punch.birthday_sockets) {
+                Ok(ids) => {
+                    if let Some(session) = lock(&self.sessions).get_mut(&peer) {
+                        session.aux = ids.clone();
+                    }
+                    ids
+                }
+                Err(error) => {
+                    debug!(%peer, %error, "no extra sockets for the birthday strategy");
+                    return;
+                }
+            }
+        } else {
+            opened
+        };
+        let public: Vec<SocketAddr> = candidates
+            .iter()
+            .copied()
+            .filter(|a| !is_private(a))
+            .collect();
+        debug!(%peer, sockets = aux.len(), "birthday: priming mappings towards the peer");
+        let ttl = Some(self.config.punch.priming_ttl);
+        for id in aux {
+            for addr in &public {
+                let _ = net.send_probe_via(Some(id), *addr, Some(peer), ttl).await;
+            }
+        }
+    }
+
     fn handle_event(self: &Arc<Self>, event: NetEvent) {
         match event {
             NetEvent::Dht { from, bytes } => {
@@ -879,13 +947,13 @@ impl Inner {
                     let _ = inbox.try_send((from, bytes));
                 }
             }
-            NetEvent::Probed { from, peer } => {
+            NetEvent::Probed { from, peer, via } => {
                 let is_new = {
                     let mut sessions = lock(&self.sessions);
                     match sessions.get_mut(&peer) {
-                        Some(session) if !session.reflexive.contains(&from) => {
+                        Some(session) if !session.reflexive.contains(&(from, via)) => {
                             if session.reflexive.len() < MAX_CANDIDATES {
-                                session.reflexive.push(from);
+                                session.reflexive.push((from, via));
                             }
                             true
                         }
@@ -902,7 +970,7 @@ impl Inner {
                             if probed.len() >= 1024 {
                                 probed.clear();
                             }
-                            managed && probed.insert((peer, from))
+                            managed && probed.insert((peer, from, via))
                         }
                     }
                 };
@@ -914,7 +982,7 @@ impl Inner {
                         let _ = inner
                             .endpoint
                             .net()
-                            .send_probe(from, Some(peer), None)
+                            .send_probe_via(via, from, Some(peer), None)
                             .await;
                     });
                 }
@@ -1074,17 +1142,17 @@ async fn path_monitor(inner: Arc<Inner>) {
             _ = tokio::time::sleep(interval) => {}
         }
         let now = Instant::now();
-        let paths: Vec<(PeerId, SocketAddr, Option<Instant>, bool)> =
-            inner.endpoint.net().with_paths(|paths| {
-                paths
-                    .iter()
-                    .filter_map(|p| {
-                        p.direct
-                            .map(|d| (p.peer, d.addr, p.last_direct_rx, p.relay.is_some()))
-                    })
-                    .collect()
-            });
-        for (peer, addr, last_rx, has_relay) in paths {
+        type Checked = (PeerId, SocketAddr, Option<u16>, Option<Instant>, bool);
+        let paths: Vec<Checked> = inner.endpoint.net().with_paths(|paths| {
+            paths
+                .iter()
+                .filter_map(|p| {
+                    p.direct
+                        .map(|d| (p.peer, d.addr, d.via, p.last_direct_rx, p.relay.is_some()))
+                })
+                .collect()
+        });
+        for (peer, addr, via, last_rx, has_relay) in paths {
             let silent = last_rx.is_none_or(|at| now.duration_since(at) > interval * 3);
             if silent && has_relay {
                 warn!(%peer, %addr, "direct path went quiet; back to the relay");
@@ -1099,7 +1167,7 @@ async fn path_monitor(inner: Arc<Inner>) {
                 let _ = inner
                     .endpoint
                     .net()
-                    .send_probe(addr, Some(peer), None)
+                    .send_probe_via(via, addr, Some(peer), None)
                     .await;
             }
         }

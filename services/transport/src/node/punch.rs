@@ -16,10 +16,13 @@
 //!    answered (the path is *proven* by that round trip and the socket switches the peer's
 //!    traffic to it) or the round times out. A probe that arrives from an address we did not
 //!    know (the peer's mapping towards us, under an endpoint-dependent NAT) is probed back.
-//! 4. Against a peer behind an endpoint-dependent NAT, a side whose own mapping is
-//!    endpoint-independent also sprays probes at random ports of the peer's public address
-//!    (one side of hyperdht's birthday strategy, within a per-round budget): a hit lands on the
-//!    mapping the peer's NAT made towards us.
+//! 4. The birthday strategy, when one side's NAT is endpoint-dependent and the other's is not:
+//!    the endpoint-dependent side opens many extra sockets and sends a priming probe from each
+//!    to the peer's public address, so that its NAT holds many mappings towards the peer; the
+//!    endpoint-independent side sprays probes at random ports of the peer's public address. A
+//!    probe that lands on one of those mappings reaches the extra socket, whose answer proves
+//!    the path; QUIC to that peer then runs over that socket. (hyperdht does the same with 256
+//!    sockets.) Both halves are bounded per round.
 //!
 //! Whoever proves a direct path says `Direct`; a side that has proven its path and heard
 //! `Direct` stops. The relay stays registered as the fallback.
@@ -64,6 +67,10 @@ pub struct PunchConfig {
     pub slow_interval: Duration,
     /// Random-port probes per round against an endpoint-dependent peer (0 turns it off).
     pub spray_budget: u32,
+    /// Extra sockets an endpoint-dependent side opens against an endpoint-independent peer, the
+    /// other half of the birthday strategy (0 turns it off). With 256 sockets and 1024 sprayed
+    /// ports a round finds a match with probability 1 − e^(−256·1024/64512) ≈ 98%.
+    pub birthday_sockets: usize,
     /// Shortest time between two punch sessions with one peer (per-peer rate limit).
     pub min_interval: Duration,
     /// After every round failed, how long until the rounds start over.
@@ -79,7 +86,8 @@ impl Default for PunchConfig {
             fast_interval: Duration::from_millis(20),
             fast_probes: 15,
             slow_interval: Duration::from_millis(200),
-            spray_budget: 512,
+            spray_budget: 1024,
+            birthday_sockets: 256,
             min_interval: Duration::from_secs(2),
             retry_after: Duration::from_secs(30),
         }
