@@ -467,3 +467,108 @@ async fn a_silent_server_times_out_within_the_deadline() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(matches!(error, DiscoveryError::Timeout { .. }), "{error:?}");
 }
+
+/// A node that knows nothing but a DNS server: it bootstraps into the DHT from the domain's
+/// records, resolves `bob.example.com` to Bob's node key, finds Bob's record (and relay) in the
+/// DHT, and connects.
+#[tokio::test]
+async fn a_node_bootstraps_from_dns_and_connects_to_a_name() {
+    use kith_transport::net::RelayConfig;
+    use kith_transport::{
+        Connection, EndpointOptions, Node, NodeConfig, ProtocolHandler, RelayAddr, SecretKey,
+    };
+
+    #[derive(Debug)]
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl ProtocolHandler for Echo {
+        async fn accept(&self, conn: Connection) {
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let _ = tokio::io::copy(&mut recv, &mut send).await;
+                let _ = send.finish();
+            }
+        }
+    }
+
+    let config = |relay: bool| NodeConfig {
+        endpoint: EndpointOptions {
+            relay: RelayConfig {
+                enabled: relay,
+                ..RelayConfig::default()
+            },
+            ..EndpointOptions::localhost()
+        },
+        ..NodeConfig::default()
+    };
+    // The bootstrap node relays too.
+    let seed = Node::builder(SecretKey::generate(), config(true))
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let seed_addr = seed.endpoint().local_addr();
+    let mut bob_config = config(false);
+    bob_config.bootstrap = vec![seed_addr];
+    bob_config.relays = vec![RelayAddr {
+        peer: seed.peer_id(),
+        addr: seed_addr,
+    }];
+    let bob = Node::builder(SecretKey::generate(), bob_config)
+        .unwrap()
+        .accept(b"kith/dns-echo/1", Echo)
+        .spawn()
+        .unwrap();
+    let identity = IdentityId::from_bytes(SecretKey::generate().peer_id().as_bytes()).unwrap();
+    let dns = TestDns::start(vec![
+        txt(
+            "_kith-bootstrap.example.com.",
+            &[&format!("kith-bootstrap={}@{seed_addr}", seed.peer_id())],
+        ),
+        txt("_kith.bob.example.com.", &[&format!("kith={identity}")]),
+        txt(
+            "_kith.bob.example.com.",
+            &[&format!("node={}", bob.peer_id())],
+        ),
+    ])
+    .await;
+    let mut alice_config = config(false);
+    alice_config.dns_bootstrap = vec!["example.com".into()];
+    alice_config.dns = DnsConfig::with_nameservers([dns.addr]);
+    let alice = Node::builder(SecretKey::generate(), alice_config)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let named = alice.resolve_name("bob.example.com").await.unwrap();
+    assert_eq!(named.identity, identity);
+    assert_eq!(named.nodes, vec![bob.peer_id()]);
+    // Bob's record reaches the DHT and Alice joins it from DNS alone; then the name connects.
+    let started = std::time::Instant::now();
+    let conn = loop {
+        match alice
+            .connect_by_name("bob.example.com", b"kith/dns-echo/1")
+            .await
+        {
+            Ok(conn) => break conn,
+            Err(error) => {
+                assert!(started.elapsed() < Duration::from_secs(15), "{error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(conn.remote_peer(), bob.peer_id());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(b"by name").await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(recv.read_to_end(100).await.unwrap(), b"by name");
+    let err = alice
+        .connect_by_name("nobody.example.com", b"kith/dns-echo/1")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, kith_transport::TransportError::Name { .. }),
+        "{err}"
+    );
+    for node in [alice, bob, seed] {
+        node.shutdown().await;
+    }
+}
