@@ -23,9 +23,11 @@ fn expected_mapping(nat: Nat) -> Mapping {
 }
 
 fn pair(a: Nat, b: Nat) {
+    // KITH_NATLAB_DELAY_MS and KITH_NATLAB_LOSS override the default shim (5 ms, 1%).
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
     let impairment = Impairment {
-        delay: Duration::from_millis(5),
-        loss: 0.01,
+        delay: Duration::from_millis(env("KITH_NATLAB_DELAY_MS").unwrap_or(5.0) as u64),
+        loss: env("KITH_NATLAB_LOSS").unwrap_or(0.01),
     };
     let outcome = run_pair(a, b, impairment, Duration::from_secs(8)).unwrap();
     println!("{outcome:?}");

@@ -64,6 +64,9 @@ pub const MAX_AUX_SOCKETS: usize = 512;
 struct Aux {
     io: tokio::net::UdpSocket,
     peer: PeerId,
+    /// Something reached it from outside: the peer's probes found this mapping, so the peer
+    /// may be sending to it (whatever path *we* picked). Such a socket is kept.
+    hit: AtomicBool,
 }
 
 /// Network impairment applied to everything the socket sends (tests and the NAT lab).
@@ -432,23 +435,31 @@ impl MuxSocket {
                     break shared.next_aux;
                 }
             };
-            shared.aux.insert(id, Arc::new(Aux { io, peer }));
+            shared.aux.insert(
+                id,
+                Arc::new(Aux {
+                    io,
+                    peer,
+                    hit: AtomicBool::new(false),
+                }),
+            );
             ids.push(id);
         }
         self.aux_len.store(shared.aux.len(), Ordering::Relaxed);
         Ok(ids)
     }
 
-    /// Closes `peer`'s extra sockets, except the one its direct path runs over.
+    /// Closes `peer`'s extra sockets, except the one our direct path runs over and those the
+    /// peer reached (its path may run over them even if ours does not).
     pub fn close_aux(&self, peer: &PeerId) {
         let mut shared = self.shared();
         let keep = shared
             .paths
             .get(peer)
             .and_then(|p| p.direct.and_then(|d| d.via));
-        shared
-            .aux
-            .retain(|id, aux| aux.peer != *peer || Some(*id) == keep);
+        shared.aux.retain(|id, aux| {
+            aux.peer != *peer || Some(*id) == keep || aux.hit.load(Ordering::Relaxed)
+        });
         self.aux_len.store(shared.aux.len(), Ordering::Relaxed);
     }
 
@@ -803,6 +814,7 @@ impl MuxSocket {
                     Poll::Ready(Err(_)) | Poll::Pending => break,
                 };
                 let len = read.filled().len();
+                aux.hit.store(true, Ordering::Relaxed);
                 if !is_quic(&bufs[n][..len]) {
                     let bytes = bufs[n][..len].to_vec();
                     self.handle_frame(from, &bytes, now, Some(id));

@@ -1022,9 +1022,17 @@ impl Inner {
         }
     }
 
-    /// Records what an observer saw; a change means our network changed: punch again.
+    /// Records what an observer saw. A new public IP, or a new port behind a NAT that should
+    /// keep its ports (endpoint-independent mapping), means our network changed: punch again.
+    /// (Behind an endpoint-dependent NAT a mapping that expired and came back on another port
+    /// is normal.)
     fn observe(&self, observer: SocketAddr, observed: SocketAddr) {
-        let changed = lock(&self.nat).record(observer, observed, Instant::now());
+        let previous = lock(&self.nat).get(&observer);
+        let predictable = self.nat_status().mapping.is_predictable();
+        lock(&self.nat).record(observer, observed, Instant::now());
+        let changed = previous.is_some_and(|before| {
+            before.ip() != observed.ip() || (predictable && before.port() != observed.port())
+        });
         if changed {
             info!(%observer, %observed, "public address changed; punching again");
             for session in lock(&self.sessions).values() {

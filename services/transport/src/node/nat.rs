@@ -88,6 +88,13 @@ impl NatObservations {
         previous.is_some_and(|(before, _)| before != observed)
     }
 
+    /// What `observer` saw last.
+    pub fn get(&self, observer: &SocketAddr) -> Option<SocketAddr> {
+        self.by_observer
+            .get(observer)
+            .map(|(observed, _)| *observed)
+    }
+
     /// Forgets everything (after a network change, before observing again).
     pub fn clear(&mut self) {
         self.by_observer.clear();
