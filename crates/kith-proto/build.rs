@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "google/rpc/status.proto",
     "kith/common/v1/common.proto",
     "kith/identity/v1/identity.proto",
+    "kith/transport/v1/transport.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("kith_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
+    // No `connect` constructors on the clients (every Kith client is built on
+    // kith-service's authenticated channel), which also frees the name for the transport's
+    // `Connect` RPC.
     tonic_prost_build::configure()
+        .build_transport(false)
         .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())

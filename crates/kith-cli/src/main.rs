@@ -9,6 +9,7 @@ mod node;
 mod output;
 mod profile;
 mod setup;
+mod transport;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,15 @@ enum Command {
     Serve(node::ServeCommand),
     /// Check that a service is up and serving.
     Health(node::HealthArgs),
+    /// Connect to peers and list them (the transport service).
+    #[command(subcommand)]
+    Peer(transport::PeerCommand),
+    /// This node's NAT, as other peers see it.
+    #[command(subcommand)]
+    Nat(transport::NatCommand),
+    /// This node's DHT.
+    #[command(subcommand)]
+    Dht(transport::DhtCommand),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +92,9 @@ fn main() -> ExitCode {
             Command::Node(cmd) => node::run_node(&ctx, cmd).await,
             Command::Serve(cmd) => node::run_serve(&ctx, cmd).await,
             Command::Health(args) => node::health(&ctx, args).await,
+            Command::Peer(cmd) => transport::run_peer(&ctx, cmd).await,
+            Command::Nat(cmd) => transport::run_nat(&ctx, cmd).await,
+            Command::Dht(cmd) => transport::run_dht(&ctx, cmd).await,
         }
     });
     match result {

@@ -8,11 +8,13 @@ use anyhow::Context as _;
 use kith_identity::daemon::{SERVICE as IDENTITY, ServeArgs};
 use kith_identity::{IdentityApi, IdentityService};
 use kith_service::ServerHandle;
+use kith_transport::daemon::{NodeArgs, SERVICE as TRANSPORT, ServeArgs as TransportServeArgs};
 use serde_json::json;
 
 use crate::context::Ctx;
 use crate::output::emit;
 use crate::setup::{options, print_created};
+use crate::transport::RunningTransport;
 
 #[derive(clap::Subcommand)]
 pub enum NodeCommand {
@@ -21,6 +23,8 @@ pub enum NodeCommand {
     Up {
         #[command(flatten)]
         identity: ServeArgs,
+        #[command(flatten)]
+        transport: NodeArgs,
     },
 }
 
@@ -31,6 +35,38 @@ pub enum ServeCommand {
         #[command(flatten)]
         args: ServeArgs,
     },
+    /// The transport service: the node's QUIC socket, DHT, NAT traversal and relaying. Its key
+    /// is the identity service's delegated `transport` key: from the identity service at
+    /// `--endpoint` or the home's socket, else from the keystore opened here.
+    Transport {
+        #[command(flatten)]
+        args: TransportServeArgs,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// A service this process runs.
+enum Running {
+    Identity(ServerHandle),
+    Transport(RunningTransport),
+}
+
+impl Running {
+    fn endpoints(&self) -> Vec<String> {
+        let server = match self {
+            Running::Identity(server) => server,
+            Running::Transport(t) => &t.server,
+        };
+        server.endpoints().iter().map(ToString::to_string).collect()
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Running::Identity(server) => server.shutdown().await,
+            Running::Transport(t) => t.shutdown().await,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -66,31 +102,38 @@ async fn open_identity(ctx: &Ctx, create: bool) -> anyhow::Result<IdentityServic
     Ok(IdentityService::open(&ctx.home, &passphrase)?)
 }
 
-async fn serve_until_signal(ctx: &Ctx, servers: Vec<(&'static str, ServerHandle)>, id: String) {
-    let services: serde_json::Map<String, serde_json::Value> = servers
+async fn serve_until_signal(ctx: &Ctx, running: Vec<(&'static str, Running)>, id: String) {
+    let services: serde_json::Map<String, serde_json::Value> = running
         .iter()
-        .map(|(name, handle)| {
-            let endpoints: Vec<String> =
-                handle.endpoints().iter().map(ToString::to_string).collect();
-            (name.to_string(), json!(endpoints))
-        })
+        .map(|(name, service)| (name.to_string(), json!(service.endpoints())))
         .collect();
-    emit(
-        ctx.json,
-        json!({ "event": "ready", "id": id, "services": services }),
-        || {
-            let mut out = format!("node up: {id}\n");
-            for (name, endpoints) in &services {
-                out.push_str(&format!("  {name:<10} {}\n", endpoints));
-            }
-            out.push_str("press Ctrl-C to stop");
-            out
-        },
-    );
+    let mut ready = json!({ "event": "ready", "id": id, "services": services });
+    let transport = running.iter().find_map(|(_, service)| match service {
+        Running::Transport(t) => Some(t.describe()),
+        Running::Identity(_) => None,
+    });
+    if let Some(transport) = &transport {
+        ready["transport"] = transport.clone();
+    }
+    emit(ctx.json, ready, || {
+        let mut out = format!("node up: {id}\n");
+        for (name, endpoints) in &services {
+            out.push_str(&format!("  {name:<10} {}\n", endpoints));
+        }
+        if let Some(t) = &transport {
+            out.push_str(&format!(
+                "  peer id    {}\n  udp        {}\n",
+                t["peer_id"].as_str().unwrap_or("?"),
+                t["udp"].as_str().unwrap_or("?")
+            ));
+        }
+        out.push_str("press Ctrl-C to stop");
+        out
+    });
     kith_service::shutdown_signal().await;
     // Shut down in reverse start order: dependants before what they depend on.
-    for (_, server) in servers.into_iter().rev() {
-        server.shutdown().await;
+    for (_, service) in running.into_iter().rev() {
+        service.shutdown().await;
     }
 }
 
@@ -98,9 +141,35 @@ pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
     kith_service::init_tracing("warn");
     let NodeCommand::Up {
         identity: identity_args,
+        transport: node_args,
     } = cmd;
-    let (server, id) = start_identity(ctx, &identity_args, true).await?;
-    serve_until_signal(ctx, vec![(IDENTITY, server)], id).await;
+    let identity = Arc::new(open_identity(ctx, true).await?);
+    let id = identity.show().await?.id;
+    let listen = identity_args.listeners(&ctx.home)?;
+    let identity_server = kith_identity::daemon::spawn(identity.clone(), &listen).await?;
+    let transport = match crate::transport::start(
+        ctx,
+        identity.as_ref(),
+        &node_args,
+        &TransportServeArgs::default(),
+    )
+    .await
+    {
+        Ok(transport) => transport,
+        Err(error) => {
+            identity_server.shutdown().await;
+            return Err(error);
+        }
+    };
+    serve_until_signal(
+        ctx,
+        vec![
+            (IDENTITY, Running::Identity(identity_server)),
+            (TRANSPORT, Running::Transport(transport)),
+        ],
+        id,
+    )
+    .await;
     Ok(())
 }
 
@@ -122,7 +191,13 @@ pub async fn run_serve(ctx: &Ctx, cmd: ServeCommand) -> anyhow::Result<()> {
     match cmd {
         ServeCommand::Identity { args } => {
             let (server, id) = start_identity(ctx, &args, false).await?;
-            serve_until_signal(ctx, vec![(IDENTITY, server)], id).await;
+            serve_until_signal(ctx, vec![(IDENTITY, Running::Identity(server))], id).await;
+        }
+        ServeCommand::Transport { args, node } => {
+            let identity = ctx.identity().await?;
+            let id = identity.show().await?.id;
+            let transport = crate::transport::start(ctx, &*identity, &node, &args).await?;
+            serve_until_signal(ctx, vec![(TRANSPORT, Running::Transport(transport))], id).await;
         }
     }
     Ok(())
@@ -132,6 +207,7 @@ pub async fn run_serve(ctx: &Ctx, cmd: ServeCommand) -> anyhow::Result<()> {
 fn grpc_service_name(service: &str) -> anyhow::Result<&'static str> {
     match service {
         IDENTITY => Ok("kith.identity.v1.Identity"),
+        TRANSPORT => Ok("kith.transport.v1.Transport"),
         other => anyhow::bail!("unknown service {other:?}"),
     }
 }

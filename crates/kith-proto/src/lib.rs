@@ -23,3 +23,9 @@ pub mod identity {
         tonic::include_proto!("kith.identity.v1");
     }
 }
+
+pub mod transport {
+    pub mod v1 {
+        tonic::include_proto!("kith.transport.v1");
+    }
+}

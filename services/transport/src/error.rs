@@ -75,6 +75,10 @@ pub enum TransportError {
     #[error("cannot resolve {name}: {reason}")]
     Name { name: String, reason: String },
 
+    /// The protocol is already served on this node.
+    #[error("protocol {0} is already served")]
+    ProtocolTaken(String),
+
     /// The endpoint has been closed.
     #[error("endpoint closed")]
     Closed,

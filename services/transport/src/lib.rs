@@ -28,22 +28,34 @@
 //! through TXT `kith=kith1…` under `_kith.<name>` (hickory-resolver), and Kith nodes on the LAN
 //! by mDNS (`_kith._udp.local`, no internet needed). What it finds is a hint; the QUIC handshake
 //! proves the key.
+//!
+//! As a service: [`api`] is the [`TransportApi`] trait (status, NAT, DHT, connect, peers, and
+//! streams to peers by protocol), [`service`] implements it over a [`Node`], [`grpc`] serves it
+//! and calls it remotely (streams ride gRPC bidirectional streams), [`daemon`] holds the
+//! options `kith serve transport` and `kith node up` share.
 
+pub mod api;
 pub mod connection;
+pub mod daemon;
 pub mod dht;
 pub mod discovery;
 pub mod endpoint;
 pub mod error;
+pub mod grpc;
 pub mod net;
 pub mod node;
 pub mod peer;
 pub mod router;
+pub mod service;
 pub mod socket;
 pub mod tls;
+mod wire;
 
+pub use api::{ApiError, PeerStream, TransportApi, TransportClient};
 pub use connection::{Connection, RecvStream, SendStream, VarInt, close_code};
 pub use endpoint::{Endpoint, EndpointOptions};
 pub use error::TransportError;
 pub use node::{Node, NodeBuilder, NodeConfig, PeerAddrs, RelayAddr};
 pub use peer::{PeerId, SecretKey};
 pub use router::{ProtocolHandler, Router, RouterBuilder};
+pub use service::TransportService;

@@ -29,7 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
@@ -56,6 +56,14 @@ pub trait ProtocolHandler: Send + Sync + 'static {
 
 type Protocols = BTreeMap<Vec<u8>, Arc<dyn ProtocolHandler>>;
 
+/// The protocols a running router serves; [`Router::add_protocol`] and
+/// [`Router::remove_protocol`] change it (and the ALPNs offered in the handshake).
+type SharedProtocols = Arc<RwLock<Protocols>>;
+
+fn read(protocols: &SharedProtocols) -> std::sync::RwLockReadGuard<'_, Protocols> {
+    protocols.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Collects the protocols to serve; [`RouterBuilder::spawn`] starts serving them.
 pub struct RouterBuilder {
     endpoint: Endpoint,
@@ -78,9 +86,9 @@ impl RouterBuilder {
         if self.invalid_alpn {
             return Err(TransportError::InvalidAlpn);
         }
-        let protocols = Arc::new(self.protocols);
         self.endpoint
-            .serve_protocols(protocols.keys().cloned().collect())?;
+            .serve_protocols(self.protocols.keys().cloned().collect())?;
+        let protocols = Arc::new(RwLock::new(self.protocols));
         let cancel = CancellationToken::new();
         let task = tokio::spawn(
             accept_loop(self.endpoint.clone(), protocols.clone(), cancel.clone())
@@ -99,7 +107,7 @@ impl RouterBuilder {
 /// ordered shutdown as [`Router::shutdown`] in the background; call `shutdown` to wait for it.
 pub struct Router {
     endpoint: Endpoint,
-    protocols: Arc<Protocols>,
+    protocols: SharedProtocols,
     cancel: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -138,6 +146,54 @@ impl Router {
     pub fn is_shutdown(&self) -> bool {
         self.cancel.is_cancelled()
     }
+
+    /// Starts serving `alpn` with `handler` on the running router. Refused if the ALPN is
+    /// invalid, already served, or the router is shutting down. Handshakes that began before
+    /// this call still see the old list.
+    pub fn add_protocol(
+        &self,
+        alpn: impl AsRef<[u8]>,
+        handler: impl ProtocolHandler,
+    ) -> Result<(), TransportError> {
+        let alpn = alpn.as_ref();
+        check_alpn(alpn)?;
+        let mut protocols = self.protocols.write().unwrap_or_else(|e| e.into_inner());
+        if self.is_shutdown() {
+            return Err(TransportError::Closed);
+        }
+        if protocols.contains_key(alpn) {
+            return Err(TransportError::ProtocolTaken(
+                String::from_utf8_lossy(alpn).into_owned(),
+            ));
+        }
+        let mut alpns: Vec<Vec<u8>> = protocols.keys().cloned().collect();
+        alpns.push(alpn.to_vec());
+        self.endpoint.serve_protocols(alpns)?;
+        protocols.insert(alpn.to_vec(), Arc::new(handler));
+        Ok(())
+    }
+
+    /// Stops offering `alpn` to new handshakes; connections already routed to its handler stay
+    /// with it. Returns whether it was served.
+    pub fn remove_protocol(&self, alpn: &[u8]) -> bool {
+        let mut protocols = self.protocols.write().unwrap_or_else(|e| e.into_inner());
+        if protocols.remove(alpn).is_none() {
+            return false;
+        }
+        if !self.is_shutdown()
+            && let Err(error) = self
+                .endpoint
+                .serve_protocols(protocols.keys().cloned().collect())
+        {
+            warn!(%error, "could not update the served protocols");
+        }
+        true
+    }
+
+    /// The protocols served now.
+    pub fn protocols(&self) -> Vec<Vec<u8>> {
+        read(&self.protocols).keys().cloned().collect()
+    }
 }
 
 impl Drop for Router {
@@ -148,8 +204,7 @@ impl Drop for Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let alpns: Vec<_> = self
-            .protocols
+        let alpns: Vec<_> = read(&self.protocols)
             .keys()
             .map(|alpn| String::from_utf8_lossy(alpn).into_owned())
             .collect();
@@ -169,7 +224,7 @@ impl fmt::Debug for RouterBuilder {
     }
 }
 
-async fn accept_loop(endpoint: Endpoint, protocols: Arc<Protocols>, cancel: CancellationToken) {
+async fn accept_loop(endpoint: Endpoint, protocols: SharedProtocols, cancel: CancellationToken) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -192,7 +247,8 @@ async fn accept_loop(endpoint: Endpoint, protocols: Arc<Protocols>, cancel: Canc
 
     debug!(connections = connections.len(), "router shutting down");
     endpoint.stop_accepting();
-    for handler in protocols.values() {
+    let handlers: Vec<_> = read(&protocols).values().cloned().collect();
+    for handler in handlers {
         handler.shutdown().await;
     }
     endpoint.close().await;
@@ -218,7 +274,7 @@ async fn accept_loop(endpoint: Endpoint, protocols: Arc<Protocols>, cancel: Canc
 async fn serve_connection(
     endpoint: Endpoint,
     incoming: quinn::Incoming,
-    protocols: Arc<Protocols>,
+    protocols: SharedProtocols,
 ) {
     let remote = incoming.remote_address();
     let conn = match accept_incoming(&endpoint, incoming).await {
@@ -230,7 +286,8 @@ async fn serve_connection(
         }
     };
     let alpn = String::from_utf8_lossy(conn.alpn()).into_owned();
-    let Some(handler) = protocols.get(conn.alpn()) else {
+    let handler = read(&protocols).get(conn.alpn()).cloned();
+    let Some(handler) = handler else {
         debug!(%remote, %alpn, "no handler for protocol");
         conn.close(close_code::UNKNOWN_PROTOCOL, b"unknown protocol");
         return;

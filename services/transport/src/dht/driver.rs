@@ -133,9 +133,10 @@ pub enum DhtError {
 }
 
 /// What the DHT is doing, for `kith dht status` and tests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DhtStatus {
     /// Our id in the key space.
+    #[serde(serialize_with = "crate::dht::id::serialize_display")]
     pub node_id: NodeId,
     /// Contacts in the routing table.
     pub routing_table_size: usize,

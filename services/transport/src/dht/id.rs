@@ -159,6 +159,14 @@ pub fn topic_key(topic_secret: &[u8]) -> NodeId {
     NodeId(blake3::derive_key(TOPIC_KEY_CONTEXT, topic_secret))
 }
 
+/// Serialises a value by its `Display` form (a [`NodeId`] as hex in JSON).
+pub(crate) fn serialize_display<T: fmt::Display, S: serde::Serializer>(
+    value: &T,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -234,9 +234,14 @@ impl NodeBuilder {
         tokio::spawn(path_monitor(inner.clone()));
         if let Some(config) = inner.config.mdns.clone() {
             let port = inner.endpoint.local_addr().port();
-            let mdns = Mdns::spawn(inner.endpoint.peer_id(), port, config)
-                .map_err(|e| TransportError::Config(format!("mdns: {e}")))?;
-            tokio::spawn(lan_keeper(inner.clone(), mdns));
+            // A host without multicast (no interface, no route) still runs a node; it just
+            // will not meet peers on the LAN.
+            match Mdns::spawn(inner.endpoint.peer_id(), port, config) {
+                Ok(mdns) => {
+                    tokio::spawn(lan_keeper(inner.clone(), mdns));
+                }
+                Err(error) => warn!(%error, "mDNS not started: no LAN discovery"),
+            }
         }
         Ok(Node {
             inner,
@@ -294,6 +299,35 @@ impl Node {
     /// The endpoint.
     pub fn endpoint(&self) -> &Endpoint {
         &self.inner.endpoint
+    }
+
+    /// Starts serving `alpn` with `handler` on the running node (see [`Router::add_protocol`]).
+    pub fn add_protocol(
+        &self,
+        alpn: impl AsRef<[u8]>,
+        handler: impl ProtocolHandler,
+    ) -> Result<(), TransportError> {
+        if alpn.as_ref() == PUNCH_ALPN {
+            return Err(TransportError::ProtocolTaken(
+                String::from_utf8_lossy(PUNCH_ALPN).into_owned(),
+            ));
+        }
+        self.router.add_protocol(alpn, handler)
+    }
+
+    /// Stops offering `alpn` to new connections (see [`Router::remove_protocol`]).
+    pub fn remove_protocol(&self, alpn: &[u8]) -> bool {
+        alpn != PUNCH_ALPN && self.router.remove_protocol(alpn)
+    }
+
+    /// The protocols this node serves, its own (punching) included.
+    pub fn protocols(&self) -> Vec<Vec<u8>> {
+        self.router.protocols()
+    }
+
+    /// Whether this node relays for others.
+    pub fn is_relay(&self) -> bool {
+        self.inner.config.endpoint.relay.enabled
     }
 
     /// The NAT as observed so far.
