@@ -7,11 +7,14 @@
 # 2. creates an identity on the host with `kith init` in a temporary data dir;
 # 3. starts compose.yaml under a unique project name, with that data dir bind-mounted and the
 #    passphrase as a compose secret, identity published on a free 127.0.0.1 port;
-# 4. waits for the container's healthcheck to report healthy;
+# 4. waits for the identity container's healthcheck to report healthy;
 # 5. from the host, over TCP with the bearer-token cookie the container wrote: `id show` (same
 #    identity as init), `id sign` from stdin (a signature that `id verify` accepts), and a call
 #    with a wrong token, which must fail as unauthenticated;
-# 6. always tears the project down (`down -v`), printing the containers' logs on failure.
+# 6. waits for the transport container (its key delegated by identity over gRPC), reads its DHT,
+#    NAT and peers over TCP with its cookie, and has a node on the host connect to it over the
+#    published UDP port (QUIC between the two keys);
+# 7. always tears the project down (`down -v`), printing the containers' logs on failure.
 #
 # Needs: docker with `docker compose` or `docker-compose`. Exits non-zero on any failure.
 set -euo pipefail
@@ -119,6 +122,10 @@ port=$(free_port) || fail "found no free port"
 export KITH_DATA_DIR=$data
 export KITH_PASSPHRASE_FILE_HOST=$passfile
 export KITH_IDENTITY_PORT=$port
+tport=$(free_port) || fail "found no free port"
+uport=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0)); print(s.getsockname()[1])') ||
+    fail "found no free UDP port"
+export KITH_TRANSPORT_PORT=$tport KITH_TRANSPORT_UDP_PORT=$uport
 KITH_UID=$(id -u)
 KITH_GID=$(id -g)
 export KITH_UID KITH_GID
@@ -129,22 +136,26 @@ log "starting project $project (${compose_cmd[*]}), identity on 127.0.0.1:$port"
 up=1
 compose up -d --no-build || fail "compose up failed"
 
-cid=$(compose ps -q identity)
-[[ -n $cid ]] || fail "compose ps shows no identity container"
+# wait_healthy SERVICE: waits for the container's healthcheck; prints the container id.
+wait_healthy() {
+    local service=$1 cid state status health restarts deadline=$((SECONDS + 90))
+    cid=$(compose ps -q "$service")
+    [[ -n $cid ]] || fail "compose ps shows no $service container"
+    while :; do
+        state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}} {{.RestartCount}}' "$cid") ||
+            fail "docker inspect $cid failed"
+        read -r status health restarts <<<"$state"
+        [[ $health == healthy ]] && break
+        [[ $health == no-healthcheck ]] && fail "the $service container has no healthcheck"
+        ((restarts < 3)) || fail "the $service container keeps restarting ($restarts restarts, state $status)"
+        ((SECONDS < deadline)) || fail "the $service container is not healthy after 90s (state $status, health $health)"
+        sleep 1
+    done
+    log "$service container is healthy" >&2
+    echo "$cid"
+}
 
-deadline=$((SECONDS + 60))
-while :; do
-    state=$(docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}no-healthcheck{{end}} {{.RestartCount}}' "$cid") ||
-        fail "docker inspect $cid failed"
-    read -r status health restarts <<<"$state"
-    [[ $health == healthy ]] && break
-    [[ $health == no-healthcheck ]] && fail "the identity container has no healthcheck"
-    ((restarts < 3)) || fail "the identity container keeps restarting ($restarts restarts, state $status)"
-    ((SECONDS < deadline)) || fail "the identity container is not healthy after 60s (state $status, health $health)"
-    sleep 1
-done
-log "identity container is healthy after $((SECONDS - deadline + 60))s"
-
+cid=$(wait_healthy identity)
 published=$(docker port "$cid" 7001/tcp)
 [[ $published == "127.0.0.1:$port" ]] || fail "port 7001 is published as '$published', expected only 127.0.0.1:$port"
 
@@ -190,3 +201,48 @@ grep -q -i -E 'unauthenticated|credential' "$tmp/bad.err" ||
     fail "id show with a wrong token failed without naming the credential: $(cat "$tmp/bad.err")"
 [[ $(grep -c . "$tmp/bad.err") == 1 ]] || fail "the error for a wrong token is not one line: $(cat "$tmp/bad.err")"
 log "a wrong token is refused: $(cat "$tmp/bad.err")"
+
+# --- the transport container: its key came from identity; its API over TCP ----------------------
+tcid=$(wait_healthy transport)
+published=$(docker port "$tcid" 7002/tcp)
+[[ $published == "127.0.0.1:$tport" ]] || fail "port 7002 is published as '$published', expected only 127.0.0.1:$tport"
+tcookie=$data/run/transport.cookie
+[[ -f $tcookie && $(stat -c %a "$tcookie") == 600 ]] || fail "the transport wrote no 0600 cookie at $tcookie"
+tkith() { "$binary" --home "$data" --endpoint "tcp://127.0.0.1:$tport" --token-file "$tcookie" "$@"; }
+
+tkith --json dht status >"$tmp/dht.json" 2>"$tmp/dht.err" || fail "kith dht status failed: $(cat "$tmp/dht.err")"
+node_id=$(json_get "$tmp/dht.json" node_id)
+[[ $node_id =~ ^[0-9a-f]{64}$ ]] || fail "dht status gave no node id: $(head -c 300 "$tmp/dht.json")"
+tkith --json nat status >"$tmp/nat.json" 2>"$tmp/nat.err" || fail "kith nat status failed: $(cat "$tmp/nat.err")"
+mapping=$(json_get "$tmp/nat.json" mapping)
+[[ -n $mapping ]] || fail "nat status gave no mapping: $(head -c 300 "$tmp/nat.json")"
+tkith --json peer list >"$tmp/peers.json" 2>"$tmp/peers.err" || fail "kith peer list failed: $(cat "$tmp/peers.err")"
+log "transport over TCP: dht node $node_id, nat $mapping"
+
+# A node on the host dials the container's node over its published UDP port: QUIC between the
+# keys, the container's key being the identity's delegated one.
+host=$tmp/host
+mkdir -m 0700 "$host"
+KITH_INSECURE_FAST_KDF=1 KITH_PASSPHRASE_FILE=$passfile "$binary" --home "$host" init --name host >/dev/null 2>&1 ||
+    fail "kith init on the host failed"
+KITH_PASSPHRASE_FILE=$passfile "$binary" --home "$host" --json node up --bind 127.0.0.1:0 --no-mdns \
+    >"$tmp/host-node.json" 2>"$tmp/host-node.err" &
+host_pid=$!
+for _ in $(seq 1 100); do
+    [[ -S $host/run/transport.sock ]] && break
+    sleep 0.1
+done
+[[ -S $host/run/transport.sock ]] || fail "the host node did not start: $(cat "$tmp/host-node.err")"
+# `serve transport` prints its peer id when ready (`  peer id    <hex>`).
+container_peer=$(docker logs "$tcid" 2>&1 | grep -oE 'peer id +[0-9a-f]{64}' | head -1 | grep -oE '[0-9a-f]{64}') || true
+[[ $container_peer =~ ^[0-9a-f]{64}$ ]] || { kill "$host_pid"; fail "the transport container printed no peer id"; }
+if ! "$binary" --home "$host" --json peer connect "$container_peer" --addr "127.0.0.1:$uport" \
+    >"$tmp/connect.json" 2>"$tmp/connect.err"; then
+    kill "$host_pid"
+    fail "the host node could not connect to the container's node: $(cat "$tmp/connect.err")"
+fi
+kill "$host_pid"
+wait "$host_pid" 2>/dev/null || true
+tkith --json peer list >"$tmp/peers.json" 2>/dev/null || fail "kith peer list failed after the connect"
+grep -q '"peer_id"' "$tmp/peers.json" || fail "the container's node does not list the host node: $(head -c 300 "$tmp/peers.json")"
+log "a host node connected to the container's node $container_peer over UDP $uport"

@@ -682,3 +682,79 @@ fn the_bip39_passphrase_is_part_of_the_root() {
     let with = run_with(cmd, &["--json", "restore"], words.as_bytes()).json();
     assert_eq!(with["identity_public_key"], init["identity_public_key"]);
 }
+
+#[test]
+fn two_nodes_connect_and_show_their_peers_nat_and_dht() {
+    let dir = tempfile::tempdir().unwrap();
+    let (home_a, home_b) = (dir.path().join("a"), dir.path().join("b"));
+    // Before any node runs, the transport commands say so in one line.
+    kith(&home_a, &["init"]).ok();
+    let down = kith(&home_a, &["peer", "list"]);
+    assert!(down.error().contains("not running"), "{}", down.stderr);
+
+    let up = ["--json", "node", "up", "--bind", "127.0.0.1:0", "--no-mdns"];
+    let (mut a, ready_a) = start(&home_a, &up);
+    let (mut b, ready_b) = start(&home_b, &up);
+    assert_eq!(
+        ready_a["services"]["transport"][0],
+        format!("unix:{}", home_a.join("run/transport.sock").display())
+    );
+    let peer_b = ready_b["transport"]["peer_id"].as_str().unwrap().to_owned();
+    let udp_b = ready_b["transport"]["udp"].as_str().unwrap().to_owned();
+    assert_eq!(peer_b.len(), 64);
+    assert!(udp_b.starts_with("127.0.0.1:"), "{udp_b}");
+    assert_eq!(
+        kith(&home_a, &["--json", "health", "--service", "transport"]).json()["serving"],
+        true
+    );
+
+    let connected = kith(
+        &home_a,
+        &["--json", "peer", "connect", &peer_b, "--addr", &udp_b],
+    )
+    .json();
+    assert_eq!(connected["peer"]["peer_id"], peer_b);
+    assert_eq!(connected["peer"]["route"], "direct");
+    assert!(connected["ping"].as_u64().unwrap() > 0);
+    let text = kith(&home_a, &["peer", "connect", &peer_b, "--addr", &udp_b]);
+    text.ok();
+    assert!(text.stdout.starts_with("connected to "), "{}", text.stdout);
+
+    let peers_a = kith(&home_a, &["--json", "peer", "list"]).json();
+    assert_eq!(peers_a["peers"][0]["peer_id"], peer_b);
+    assert_eq!(peers_a["peers"][0]["protocols"][0], "kith/ping/1");
+    // The accepting side lists the dialler.
+    let peers_b = kith(&home_b, &["--json", "peer", "list"]).json();
+    assert_eq!(peers_b["peers"][0]["peer_id"], ready_a["transport"]["peer_id"]);
+
+    let nat = kith(&home_a, &["--json", "nat", "status"]).json();
+    assert_eq!(nat["mapping"], "unknown");
+    let dht = kith(&home_a, &["--json", "dht", "status"]).json();
+    assert_eq!(dht["node_id"].as_str().unwrap().len(), 64);
+    assert!(dht["routing_table_size"].is_u64());
+    assert!(kith(&home_a, &["dht", "status"]).stdout.contains("node id: "));
+
+    // Bad input: one clear line, and the node is unharmed.
+    let bad = kith(&home_a, &["peer", "connect", "zz"]);
+    assert!(bad.error().contains("neither a peer id"), "{}", bad.stderr);
+    // (A usage error: clap's own message, with its hint on later lines.)
+    let bad = kith(&home_a, &["peer", "connect", &peer_b, "--relay", "nonsense"]);
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("expected PEER@IP:PORT"), "{}", bad.stderr);
+    let bad = kith(&home_a, &["peer", "connect", "bob.invalid.", "--addr", &udp_b]);
+    assert!(bad.error().contains("not a name"), "{}", bad.stderr);
+    let nobody = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
+    let unreachable = kith(&home_a, &["peer", "connect", nobody]);
+    assert!(
+        unreachable.error().contains("unreachable"),
+        "{}",
+        unreachable.stderr
+    );
+    kith(&home_a, &["--json", "peer", "list"]).json();
+
+    assert_eq!(sigterm(&mut a), 0, "clean shutdown on SIGTERM");
+    assert_eq!(sigterm(&mut b), 0, "clean shutdown on SIGTERM");
+    assert!(!home_a.join("run/transport.sock").exists());
+    // The routing table was kept for the next start.
+    assert!(home_a.join("transport/routing.json").exists());
+}
