@@ -241,8 +241,9 @@ if ! "$binary" --home "$host" --json peer connect "$container_peer" --addr "127.
     kill "$host_pid"
     fail "the host node could not connect to the container's node: $(cat "$tmp/connect.err")"
 fi
+# While the host node runs, the container's node lists it (the accepted connection).
+tkith --json peer list >"$tmp/peers.json" 2>/dev/null || { kill "$host_pid"; fail "kith peer list failed after the connect"; }
 kill "$host_pid"
 wait "$host_pid" 2>/dev/null || true
-tkith --json peer list >"$tmp/peers.json" 2>/dev/null || fail "kith peer list failed after the connect"
 grep -q '"peer_id"' "$tmp/peers.json" || fail "the container's node does not list the host node: $(head -c 300 "$tmp/peers.json")"
 log "a host node connected to the container's node $container_peer over UDP $uport"
