@@ -725,23 +725,40 @@ fn two_nodes_connect_and_show_their_peers_nat_and_dht() {
     assert_eq!(peers_a["peers"][0]["protocols"][0], "kith/ping/1");
     // The accepting side lists the dialler.
     let peers_b = kith(&home_b, &["--json", "peer", "list"]).json();
-    assert_eq!(peers_b["peers"][0]["peer_id"], ready_a["transport"]["peer_id"]);
+    assert_eq!(
+        peers_b["peers"][0]["peer_id"],
+        ready_a["transport"]["peer_id"]
+    );
 
     let nat = kith(&home_a, &["--json", "nat", "status"]).json();
     assert_eq!(nat["mapping"], "unknown");
     let dht = kith(&home_a, &["--json", "dht", "status"]).json();
     assert_eq!(dht["node_id"].as_str().unwrap().len(), 64);
     assert!(dht["routing_table_size"].is_u64());
-    assert!(kith(&home_a, &["dht", "status"]).stdout.contains("node id: "));
+    assert!(
+        kith(&home_a, &["dht", "status"])
+            .stdout
+            .contains("node id: ")
+    );
 
     // Bad input: one clear line, and the node is unharmed.
     let bad = kith(&home_a, &["peer", "connect", "zz"]);
     assert!(bad.error().contains("neither a peer id"), "{}", bad.stderr);
     // (A usage error: clap's own message, with its hint on later lines.)
-    let bad = kith(&home_a, &["peer", "connect", &peer_b, "--relay", "nonsense"]);
+    let bad = kith(
+        &home_a,
+        &["peer", "connect", &peer_b, "--relay", "nonsense"],
+    );
     assert_ne!(bad.code, 0);
-    assert!(bad.stderr.contains("expected PEER@IP:PORT"), "{}", bad.stderr);
-    let bad = kith(&home_a, &["peer", "connect", "bob.invalid.", "--addr", &udp_b]);
+    assert!(
+        bad.stderr.contains("expected PEER@IP:PORT"),
+        "{}",
+        bad.stderr
+    );
+    let bad = kith(
+        &home_a,
+        &["peer", "connect", "bob.invalid.", "--addr", &udp_b],
+    );
     assert!(bad.error().contains("not a name"), "{}", bad.stderr);
     let nobody = "3b6a27bcceb6a42d62a3a8d02a6f0d73653215771de243a63ac048a18b59da29";
     let unreachable = kith(&home_a, &["peer", "connect", nobody]);

@@ -117,14 +117,15 @@ async fn status_connect_and_peers_behave_the_same_everywhere() {
 
         let status = c.status().await.unwrap();
         assert_eq!(status.peer_id, a.peer(), "{via:?}");
-        assert_eq!(
-            status.local_addr,
-            a.service.node().endpoint().local_addr()
-        );
+        assert_eq!(status.local_addr, a.service.node().endpoint().local_addr());
         assert!(!status.relaying);
         assert!(status.protocols.iter().any(|p| p.as_bytes() == PING_ALPN));
         let dht = status.dht.expect("a DHT runs by default");
-        assert_eq!(dht.node_id, c.dht_status().await.unwrap().node_id, "{via:?}");
+        assert_eq!(
+            dht.node_id,
+            c.dht_status().await.unwrap().node_id,
+            "{via:?}"
+        );
         let nat = c.nat_status().await.unwrap();
         assert_eq!(nat.mapping, Mapping::Unknown, "no observers yet");
         assert_eq!(status.nat, nat);
@@ -147,7 +148,11 @@ async fn status_connect_and_peers_behave_the_same_everywhere() {
         assert_eq!(peers[0].protocols, vec!["kith/ping/1".to_owned()]);
         assert!(peers[0].rtt_us.is_some());
         let theirs = b.client.peers().await.unwrap();
-        assert_eq!(theirs.len(), 1, "the accepting side lists the dialler: {theirs:?}");
+        assert_eq!(
+            theirs.len(),
+            1,
+            "the accepting side lists the dialler: {theirs:?}"
+        );
         assert_eq!(theirs[0].peer_id, a.peer());
         // A second connect reuses the connection.
         c.connect(Target::Peer {
@@ -201,7 +206,7 @@ async fn streams_cross_in_both_directions_through_the_api() {
         assert_eq!(listener.alpn(), "kith/test-echo/1");
         let echo = tokio::spawn(echo_server(listener));
 
-        let mut stream = a
+        let stream = a
             .client
             .open_stream(b.peer(), "kith/test-echo/1".into(), Some(b.hints()))
             .await
@@ -250,9 +255,15 @@ async fn streams_cross_in_both_directions_through_the_api() {
             .listen("kith/test-echo/1".into())
             .await
             .unwrap_err();
-        assert!(matches!(err, ApiError::ProtocolTaken(_)), "{via:?}: {err:?}");
+        assert!(
+            matches!(err, ApiError::ProtocolTaken(_)),
+            "{via:?}: {err:?}"
+        );
         let err = b.client.listen("kith/ping/1".into()).await.unwrap_err();
-        assert!(matches!(err, ApiError::ProtocolTaken(_)), "{via:?}: {err:?}");
+        assert!(
+            matches!(err, ApiError::ProtocolTaken(_)),
+            "{via:?}: {err:?}"
+        );
         for bad in ["", "has space", &"x".repeat(256)] {
             let err = b.client.listen(bad.into()).await.unwrap_err();
             assert!(
@@ -308,7 +319,10 @@ async fn malformed_stream_calls_are_refused() {
     let data = pb::StreamFrame {
         frame: Some(pb::stream_frame::Frame::Data(vec![1, 2, 3].into())),
     };
-    let status = raw.open_stream(frames(vec![data.clone()])).await.unwrap_err();
+    let status = raw
+        .open_stream(frames(vec![data.clone()]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let status = raw.open_stream(frames(vec![])).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

@@ -13,11 +13,13 @@ use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use kith_service::{Endpoint, Listen};
+use kith_transport::api::{ApiError, Target};
 use kith_transport::discovery::{
     DiscoveryError, DnsConfig, DnsResolver, IdentityId, MAX_ADDRS_PER_PEER, MAX_PEERS,
     resolve_bootstrap, resolve_name,
 };
-use kith_transport::{PeerId, SecretKey};
+use kith_transport::{PeerId, SecretKey, TransportClient, TransportService};
 use tokio::net::{TcpListener, UdpSocket};
 
 const ZONE: &str = "example.com.";
@@ -568,6 +570,36 @@ async fn a_node_bootstraps_from_dns_and_connects_to_a_name() {
         matches!(err, kith_transport::TransportError::Name { .. }),
         "{err}"
     );
+
+    // The same through the service API (`kith peer connect bob.example.com`), in-process and
+    // over gRPC: the name resolves and the built-in ping crosses.
+    let bob_service = Arc::new(TransportService::new(bob.clone()).unwrap());
+    let alice_service = Arc::new(TransportService::new(alice.clone()).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("transport.sock");
+    let server =
+        kith_transport::daemon::spawn(alice_service.clone(), &[Listen::Unix(socket.clone())])
+            .await
+            .unwrap();
+    let remote =
+        TransportClient::connect(kith_service::Connection::new(Endpoint::Unix(socket), None));
+    for client in [TransportClient::local(alice_service.clone()), remote] {
+        let record = client.resolve_name("bob.example.com".into()).await.unwrap();
+        assert_eq!(record.identity, identity);
+        assert_eq!(record.nodes, vec![bob.peer_id()]);
+        let connected = client
+            .connect(Target::Name("bob.example.com".into()))
+            .await
+            .unwrap();
+        assert_eq!(connected.peer.peer_id, bob.peer_id());
+        let err = client
+            .connect(Target::Name("nobody.example.com".into()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ApiError::Name(_)), "{err:?}");
+    }
+    server.shutdown().await;
+    drop(bob_service);
     for node in [alice, bob, seed] {
         node.shutdown().await;
     }
