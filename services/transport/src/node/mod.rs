@@ -148,6 +148,8 @@ struct Session {
     aux: Vec<u16>,
     /// Wakes the session to punch again (direct path lost, network changed).
     repunch: Arc<Notify>,
+    /// Probes received from the peer so far.
+    probes_in: u64,
 }
 
 struct Inner {
@@ -169,6 +171,12 @@ struct Inner {
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// How long a round's initiator holds its probes after priming, waiting for the peer's first
+/// probe: two round trips of the (relayed) connection, within bounds.
+fn lead_window(conn: &Connection) -> Duration {
+    (conn.rtt() * 2).clamp(Duration::from_millis(30), Duration::from_millis(500))
 }
 
 fn unix_ms() -> u64 {
@@ -793,10 +801,18 @@ impl Inner {
                 }
             }
             if punching && initiates(round, dialler) {
+                self.prime(peer, &self.punch_candidates(&peer_candidates))
+                    .await;
                 Message::Sync { round }.write(send).await?;
                 tokio::time::sleep(conn.rtt() / 2).await;
-                self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct)
-                    .await;
+                self.punch_round(
+                    peer,
+                    &peer_candidates,
+                    peer_mapping,
+                    &peer_direct,
+                    Some(lead_window(&conn)),
+                )
+                .await;
                 round += 1;
                 continue;
             }
@@ -815,7 +831,7 @@ impl Inner {
                         peer_candidates = candidates;
                     }
                     Some(Message::Sync { round: theirs }) => {
-                        self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct)
+                        self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct, None)
                             .await;
                         round = theirs.saturating_add(1);
                     }
@@ -826,10 +842,18 @@ impl Inner {
                     told_direct = false;
                     peer_direct.store(false, Ordering::Relaxed);
                     hello(self).write(send).await?;
+                    self.prime(peer, &self.punch_candidates(&peer_candidates))
+                        .await;
                     Message::Sync { round: 0 }.write(send).await?;
                     tokio::time::sleep(conn.rtt() / 2).await;
-                    self.punch_round(peer, &peer_candidates, peer_mapping, &peer_direct)
-                        .await;
+                    self.punch_round(
+                        peer,
+                        &peer_candidates,
+                        peer_mapping,
+                        &peer_direct,
+                        Some(lead_window(&conn)),
+                    )
+                    .await;
                     round = 1;
                 }
                 _ = tokio::time::sleep(wait) => {
@@ -847,31 +871,51 @@ impl Inner {
         }
     }
 
+    /// The peer's candidates this socket can reach.
+    fn punch_candidates(&self, candidates: &[SocketAddr]) -> Vec<SocketAddr> {
+        let bound = self.endpoint.net().bound_addr();
+        candidates
+            .iter()
+            .copied()
+            .filter(|a| a.ip().is_ipv4() == bound.is_ipv4() || bound.is_ipv6())
+            .take(MAX_CANDIDATES)
+            .collect()
+    }
+
+    /// Priming: a low-TTL probe to every candidate opens our NAT's mapping towards it and dies
+    /// before the peer's NAT. Sent twice: a lost one would leave the race open.
+    async fn prime(&self, peer: PeerId, candidates: &[SocketAddr]) {
+        let ttl = Some(self.config.punch.priming_ttl);
+        for _ in 0..2 {
+            for addr in candidates {
+                let _ = self.endpoint.net().send_probe(*addr, Some(peer), ttl).await;
+            }
+        }
+    }
+
     /// One round of probing: priming, then probes to every candidate (and to addresses the
     /// peer probed us from) until both sides have proven their path, or ours is proven and a
     /// few probes went out for the peer's sake, or the round times out.
+    ///
+    /// The round's initiator (`lead`) has primed before sending `Sync`, so the peer's probes
+    /// find its mapping; here it holds its own probes until the peer's first probe arrives
+    /// (answered at once by the event loop), or `lead` passes. The peer primed before it
+    /// probed, so nothing of ours reaches its NAT before its own mapping exists, even when the
+    /// `Sync` that started its side was lost and resent late: no conntrack race either way.
     async fn punch_round(
         &self,
         peer: PeerId,
         candidates: &[SocketAddr],
         peer_mapping: Mapping,
         peer_direct: &AtomicBool,
+        lead: Option<Duration>,
     ) {
         let config = &self.config.punch;
         let net = self.endpoint.net();
         let started = Instant::now();
-        let candidates: Vec<SocketAddr> = candidates
-            .iter()
-            .copied()
-            .filter(|a| {
-                a.ip().is_ipv4() == net.bound_addr().is_ipv4() || net.bound_addr().is_ipv6()
-            })
-            .take(MAX_CANDIDATES)
-            .collect();
-        for addr in &candidates {
-            let _ = net
-                .send_probe(*addr, Some(peer), Some(config.priming_ttl))
-                .await;
+        let candidates = self.punch_candidates(candidates);
+        if lead.is_none() {
+            self.prime(peer, &candidates).await;
         }
         let own_mapping = self.nat_status().mapping;
         if own_mapping == Mapping::EndpointDependent
@@ -879,6 +923,16 @@ impl Inner {
             && config.birthday_sockets > 0
         {
             self.open_birthday(peer, &candidates).await;
+        }
+        if let Some(window) = lead {
+            let probes_in = |inner: &Self| lock(&inner.sessions).get(&peer).map(|s| s.probes_in);
+            let before = probes_in(self);
+            while started.elapsed() < window
+                && self.direct(&peer).is_none()
+                && probes_in(self) == before
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
         let spray = peer_mapping == Mapping::EndpointDependent
             && own_mapping.is_predictable()
@@ -985,13 +1039,15 @@ impl Inner {
                 let is_new = {
                     let mut sessions = lock(&self.sessions);
                     match sessions.get_mut(&peer) {
-                        Some(session) if !session.reflexive.contains(&(from, via)) => {
-                            if session.reflexive.len() < MAX_CANDIDATES {
+                        Some(session) => {
+                            session.probes_in += 1;
+                            if !session.reflexive.contains(&(from, via))
+                                && session.reflexive.len() < MAX_CANDIDATES
+                            {
                                 session.reflexive.push((from, via));
                             }
                             true
                         }
-                        Some(_) => true,
                         // No session yet (the dialler's probes can beat its connection through
                         // the relay): still probe back a peer we manage a path for, once per
                         // address.
