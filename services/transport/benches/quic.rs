@@ -8,7 +8,9 @@
 //!
 //! Raw quinn is the anchor: rustls on the same ring provider, an ordinary self-signed ECDSA P-256
 //! certificate, a client verifier that skips verification, no client authentication. Kith signs
-//! and verifies on both ends (ed25519 raw public keys). Both sides do full handshakes (session
+//! and verifies on both ends (ed25519 raw public keys). A second set-up anchor does the same
+//! authentication work the ordinary way: raw quinn with mutual TLS, self-signed ed25519
+//! certificates pinned as each other's only root (rustls's WebPKI verifiers). Both sides do full handshakes (session
 //! resumption is off in both, as it is in Kith, where a resumed session would prove no key).
 //!
 //! Run: `cargo bench -p kith-transport --bench quic` (release). The server endpoints run on their
@@ -161,10 +163,80 @@ fn raw_client_config() -> quinn::ClientConfig {
     config
 }
 
+/// A self-signed ed25519 certificate for `localhost` and its key.
+fn ed25519_cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (
+        cert.der().clone(),
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
+
+fn roots(cert: &CertificateDer<'static>) -> Arc<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    Arc::new(roots)
+}
+
+/// Mutual TLS the ordinary way: each side's self-signed certificate is the other's only root.
+struct MutualCerts {
+    server: (CertificateDer<'static>, PrivateKeyDer<'static>),
+    client: (CertificateDer<'static>, PrivateKeyDer<'static>),
+}
+
+impl MutualCerts {
+    fn new() -> Self {
+        Self {
+            server: ed25519_cert(),
+            client: ed25519_cert(),
+        }
+    }
+
+    fn server_config(&self) -> quinn::ServerConfig {
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots(&self.client.0),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![self.server.0.clone()], self.server.1.clone_key())
+            .unwrap();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        let mut config =
+            quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+        config.transport_config(Arc::new(options().transport_config()));
+        config
+    }
+
+    fn client_config(&self) -> quinn::ClientConfig {
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots(&self.server.0))
+            .with_client_auth_cert(vec![self.client.0.clone()], self.client.1.clone_key())
+            .unwrap();
+        tls.alpn_protocols = vec![ALPN.to_vec()];
+        tls.resumption = rustls::client::Resumption::disabled();
+        let mut config =
+            quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+        config.transport_config(Arc::new(options().transport_config()));
+        config
+    }
+}
+
 struct Servers {
     kith_peer: PeerId,
     kith_addr: SocketAddr,
     raw_addr: SocketAddr,
+    mutual_addr: SocketAddr,
 }
 
 /// One system under test, seen from the dialling side.
@@ -268,6 +340,8 @@ fn p90(values: &mut [f64]) -> f64 {
 }
 
 fn main() {
+    let certs = Arc::new(MutualCerts::new());
+    let server_certs = certs.clone();
     let (servers_tx, servers_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server_thread = std::thread::spawn(move || {
@@ -282,17 +356,22 @@ fn main() {
                 .unwrap();
             let raw = raw_endpoint(Some(raw_server_config()));
             tokio::spawn(raw_accept_loop(raw.clone()));
+            let mutual = raw_endpoint(Some(server_certs.server_config()));
+            tokio::spawn(raw_accept_loop(mutual.clone()));
             servers_tx
                 .send(Servers {
                     kith_peer: router.endpoint().peer_id(),
                     kith_addr: router.endpoint().local_addr(),
                     raw_addr: raw.local_addr().unwrap(),
+                    mutual_addr: mutual.local_addr().unwrap(),
                 })
                 .unwrap();
             let _ = stop_rx.await;
             router.shutdown().await;
-            raw.close(0u32.into(), b"done");
-            let _ = tokio::time::timeout(Duration::from_secs(2), raw.wait_idle()).await;
+            for endpoint in [raw, mutual] {
+                endpoint.close(0u32.into(), b"done");
+                let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+            }
         })
     });
     let servers = servers_rx.recv().unwrap();
@@ -300,12 +379,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(servers));
+    runtime.block_on(run(servers, certs.client_config()));
     stop_tx.send(()).unwrap();
     server_thread.join().unwrap();
 }
 
-async fn run(servers: Servers) {
+async fn run(servers: Servers, mutual_client: quinn::ClientConfig) {
     let kith_client = Endpoint::bind(SecretKey::generate(), options()).unwrap();
     let systems = [
         System::Kith {
@@ -318,10 +397,15 @@ async fn run(servers: Servers) {
             config: raw_client_config(),
             addr: servers.raw_addr,
         },
+        System::Raw {
+            endpoint: raw_endpoint(None),
+            config: mutual_client,
+            addr: servers.mutual_addr,
+        },
     ];
     // One long-lived connection per system for bulk; warm both up (congestion window, MTU).
     let mut bulk_conns = Vec::new();
-    for system in &systems {
+    for system in &systems[..2] {
         let conn = system.connect().await;
         bulk_round(&conn).await;
         for _ in 0..5 {
@@ -331,12 +415,15 @@ async fn run(servers: Servers) {
     }
 
     let mut throughput = [Vec::new(), Vec::new()];
-    let mut connect = [Vec::new(), Vec::new()];
-    let mut first_trip = [Vec::new(), Vec::new()];
+    let mut connect = [Vec::new(), Vec::new(), Vec::new()];
+    let mut first_trip = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..5 {
+        connect_round(&systems[2]).await;
+    }
     for round in 0..ROUNDS {
         // Alternate which system goes first, so drift on the machine hits both alike.
-        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-        for i in order {
+        let order = if round % 2 == 0 { [0, 1, 2] } else { [2, 1, 0] };
+        for i in order.into_iter().filter(|i| *i < 2) {
             throughput[i].push(bulk_round(&bulk_conns[i]).await);
         }
         for _ in 0..CONNECTS_PER_ROUND {
@@ -356,6 +443,32 @@ async fn run(servers: Servers) {
     }
     kith_client.close().await;
 
+    // Ratios are paired by round (both systems measured back to back, order alternating), and
+    // the ratio reported is the median of the per-round ratios: load that comes and goes on a
+    // shared machine then shifts both sides of a pair alike, where the ratio of two overall
+    // medians can compare a quiet round of one system with a loaded round of the other.
+    let per_round = |values: &[f64], r: usize| {
+        let mut round: Vec<f64> =
+            values[r * CONNECTS_PER_ROUND..(r + 1) * CONNECTS_PER_ROUND].to_vec();
+        median(&mut round)
+    };
+    let mut tput_ratios: Vec<f64> = (0..ROUNDS)
+        .map(|r| throughput[0][r] / throughput[1][r])
+        .collect();
+    let mut conn_ratios: Vec<f64> = (0..ROUNDS)
+        .map(|r| per_round(&connect[0], r) / per_round(&connect[1], r))
+        .collect();
+    let mut trip_ratios: Vec<f64> = (0..ROUNDS)
+        .map(|r| per_round(&first_trip[0], r) / per_round(&first_trip[1], r))
+        .collect();
+    let mut mutual_ratios: Vec<f64> = (0..ROUNDS)
+        .map(|r| per_round(&connect[0], r) / per_round(&connect[2], r))
+        .collect();
+    let mut mutual_trip_ratios: Vec<f64> = (0..ROUNDS)
+        .map(|r| per_round(&first_trip[0], r) / per_round(&first_trip[2], r))
+        .collect();
+    let mutual_med = [median(&mut connect[2]), median(&mut first_trip[2])];
+    let mutual_ratio = [median(&mut mutual_ratios), median(&mut mutual_trip_ratios)];
     let tput = [median(&mut throughput[0]), median(&mut throughput[1])];
     let tput_min = [
         throughput[0].iter().cloned().fold(f64::MAX, f64::min),
@@ -365,12 +478,12 @@ async fn run(servers: Servers) {
     let conn_p90 = [p90(&mut connect[0]), p90(&mut connect[1])];
     let trip_med = [median(&mut first_trip[0]), median(&mut first_trip[1])];
     let trip_p90 = [p90(&mut first_trip[0]), p90(&mut first_trip[1])];
-    let tput_ratio = tput[0] / tput[1];
-    let conn_ratio = conn_med[0] / conn_med[1];
-    let trip_ratio = trip_med[0] / trip_med[1];
+    let tput_ratio = median(&mut tput_ratios);
+    let conn_ratio = median(&mut conn_ratios);
+    let trip_ratio = median(&mut trip_ratios);
 
     let mut table = String::from(
-        "| measurement | Kith | raw quinn (anchor) | ratio Kith / raw |\n|---|---:|---:|---:|\n",
+        "| measurement | Kith | raw quinn (anchor) | ratio Kith / raw, median of per-round ratios |\n|---|---:|---:|---:|\n",
     );
     table.push_str(&format!(
         "| bulk, one stream, median MiB/s (worst round) | {:.0} ({:.0}) | {:.0} ({:.0}) | {:.2}× |\n",
@@ -384,6 +497,14 @@ async fn run(servers: Servers) {
         "| `connect` + first stream round trip, median ms (p90) | {:.2} ({:.2}) | {:.2} ({:.2}) | {:.2}× |\n",
         trip_med[0], trip_p90[0], trip_med[1], trip_p90[1], trip_ratio
     ));
+    table.push_str(&format!(
+        "| `connect` returns vs raw quinn with mutual TLS (pinned ed25519 certificates), median ms | {:.2} | {:.2} | {:.2}× |\n",
+        conn_med[0], mutual_med[0], mutual_ratio[0]
+    ));
+    table.push_str(&format!(
+        "| `connect` + first round trip vs raw quinn with mutual TLS, median ms | {:.2} | {:.2} | {:.2}× |\n",
+        trip_med[0], mutual_med[1], mutual_ratio[1]
+    ));
     let targets = format!(
         "Targets: one-stream throughput ≥ 0.9× raw quinn — {:.2}× ({}); key-authenticated set-up ≤ 1.2× raw quinn — {:.2}× to `connect`, {:.2}× to the first round trip ({}).",
         tput_ratio,
@@ -391,9 +512,14 @@ async fn run(servers: Servers) {
         conn_ratio,
         trip_ratio,
         verdict(conn_ratio <= 1.2 && trip_ratio <= 1.2),
+    ) + &format!(
+        " Against raw quinn doing the same work (mutual authentication, ed25519 on both ends): {:.2}× to `connect`, {:.2}× to the first round trip ({}).",
+        mutual_ratio[0],
+        mutual_ratio[1],
+        verdict(mutual_ratio[0] <= 1.2 && mutual_ratio[1] <= 1.2),
     );
     let section = format!(
-        "Measured {} by `cargo bench -p kith-transport --bench quic` (release, loopback, {ROUNDS} interleaved rounds; bulk: {} MiB per round on one stream of a warm connection, {} KiB writes; set-up: {CONNECTS_PER_ROUND} sequential new connections per system per round; same socket buffers and quinn transport settings on both; servers on their own thread and single-threaded runtime, clients on another).\n\n{table}\n{targets}\n",
+        "Measured {} by `cargo bench -p kith-transport --bench quic` (release, loopback, {ROUNDS} interleaved rounds; bulk: {} MiB per round on one stream of a warm connection, {} KiB writes; set-up: {CONNECTS_PER_ROUND} sequential new connections per system per round; same socket buffers and quinn transport settings on both; servers on their own thread and single-threaded runtime, clients on another; each ratio is the median of the {ROUNDS} per-round ratios, the columns are medians over all rounds).\n\n{table}\n{targets}\n",
         today(),
         BULK_BYTES >> 20,
         WRITE_SIZE >> 10,
