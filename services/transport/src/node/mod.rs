@@ -810,7 +810,7 @@ impl Inner {
                     &peer_candidates,
                     peer_mapping,
                     &peer_direct,
-                    Some(lead_window(&conn)),
+                    Some(lead_window(conn)),
                 )
                 .await;
                 round += 1;
@@ -851,7 +851,7 @@ impl Inner {
                         &peer_candidates,
                         peer_mapping,
                         &peer_direct,
-                        Some(lead_window(&conn)),
+                        Some(lead_window(conn)),
                     )
                     .await;
                     round = 1;
