@@ -12,7 +12,7 @@
 //! - [`backend`]: persistence with sqlx on SQLite (the embedded default) or PostgreSQL, chosen by
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
-//! - [`error`]: [`StoreError`].
+//! - [`error`]: the one error type, [`StoreError`].
 //!
 //! Replication, mirrors, mailboxes, files, the gRPC API and the binary are still to come.
 

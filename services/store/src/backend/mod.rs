@@ -816,11 +816,13 @@ impl Store {
             }
             tx.commit().await?;
         });
-        // The local writer's cached tree (if any) is now stale.
-        if upgrade && let Some(slot) = self.writers.lock().expect("writers lock").get(&key) {
-            if let Ok(mut cached) = slot.try_lock() {
-                *cached = None;
-            }
+        // The local writer's cached tree (if any) is now stale. If an append holds it right now,
+        // that append's optimistic length check fails and it reloads instead.
+        if upgrade
+            && let Some(slot) = self.writers.lock().expect("writers lock").get(&key)
+            && let Ok(mut cached) = slot.try_lock()
+        {
+            *cached = None;
         }
         Ok(PutOutcome::Stored {
             root: if upgrade {

@@ -93,6 +93,8 @@ impl NodeClaim {
 }
 
 /// Proof that a log's writer forked it.
+// Evidence is rare and short-lived in memory; boxing the roots would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForkEvidence {
     SameLength {
