@@ -200,6 +200,19 @@ fn node_from_row(hash: Vec<u8>, size: i64) -> Result<Node, StoreError> {
     })
 }
 
+/// The SQLite connection options [`Store::open`] uses for `url`: WAL, `synchronous=FULL`, foreign
+/// keys, a 30 s busy timeout, created if missing. Public so that tools and benchmarks that must
+/// match the store's settings use exactly these.
+pub fn sqlite_connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::InvalidUrl(format!("{url}: {e}")))?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(30)))
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies migrations.
     ///
@@ -207,13 +220,7 @@ impl Store {
     /// `postgresql://…` a server database (which must exist).
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let db = if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| StoreError::InvalidUrl(format!("{url}: {e}")))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_secs(30));
+            let options = sqlite_connect_options(url)?;
             // An in-memory database exists once per connection: keep one.
             let max = if url.contains(":memory:") { 1 } else { 4 };
             let pool = SqlitePoolOptions::new()
@@ -455,6 +462,20 @@ impl Store {
         nodes: &[(u64, Node)],
     ) -> Result<bool, StoreError> {
         let root_bytes = root.to_bytes();
+        if let Db::Postgres(pool) = &self.db {
+            return self
+                .write_append_postgres(
+                    pool,
+                    log_id,
+                    old_length,
+                    byte_length,
+                    &root_bytes,
+                    root,
+                    entries,
+                    nodes,
+                )
+                .await;
+        }
         in_write_tx!(&self.db, tx, DB => {
             // The root first: on PostgreSQL this takes the row lock, so a concurrent appender
             // waits here and then finds the length changed.
@@ -497,6 +518,56 @@ impl Store {
             tx.commit().await?;
             Ok(true)
         })
+    }
+
+    /// The append on PostgreSQL: one statement, so one round trip and its own transaction.
+    /// The entry and node inserts read the `UPDATE`'s returned row, so if the optimistic check
+    /// fails (another writer, or the log forked) nothing at all is written.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_append_postgres<E: AsRef<[u8]>>(
+        &self,
+        pool: &PgPool,
+        log_id: i64,
+        old_length: u64,
+        byte_length: u64,
+        root_bytes: &[u8],
+        root: &SignedRoot,
+        entries: &[E],
+        nodes: &[(u64, Node)],
+    ) -> Result<bool, StoreError> {
+        let first = to_i64(old_length)?;
+        let entry_idx: Vec<i64> = (0..entries.len() as i64).map(|j| first + j).collect();
+        let entry_data: Vec<Vec<u8>> = entries.iter().map(|e| e.as_ref().to_vec()).collect();
+        let node_idx: Vec<i64> = nodes.iter().map(|(i, _)| *i as i64).collect();
+        let node_hash: Vec<Vec<u8>> = nodes.iter().map(|(_, n)| n.hash.to_vec()).collect();
+        let node_size: Vec<i64> = nodes.iter().map(|(_, n)| n.size as i64).collect();
+        let updated: i64 = sqlx::query(
+            "WITH u AS ( \
+                 UPDATE logs SET length = $1, byte_length = $2, root = $3 \
+                 WHERE id = $4 AND length = $5 AND forked = 0 RETURNING id), \
+             e AS ( \
+                 INSERT INTO entries (log_id, idx, data) \
+                 SELECT u.id, t.idx, t.data FROM u, UNNEST($6::bigint[], $7::bytea[]) AS t (idx, data)), \
+             n AS ( \
+                 INSERT INTO nodes (log_id, idx, hash, size) \
+                 SELECT u.id, t.idx, t.hash, t.size \
+                 FROM u, UNNEST($8::bigint[], $9::bytea[], $10::bigint[]) AS t (idx, hash, size)) \
+             SELECT COUNT(*) FROM u",
+        )
+        .bind(to_i64(root.length())?)
+        .bind(to_i64(byte_length)?)
+        .bind(root_bytes)
+        .bind(log_id)
+        .bind(first)
+        .bind(entry_idx)
+        .bind(entry_data)
+        .bind(node_idx)
+        .bind(node_hash)
+        .bind(node_size)
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?;
+        Ok(updated == 1)
     }
 
     /// The log as held, or [`StoreError::LogNotFound`].
