@@ -211,6 +211,35 @@ mod tests {
         )
     }
 
+    proptest::proptest! {
+        /// Decoding never panics, whatever the bytes: it returns evidence that verifies or an
+        /// error. Half the cases start from valid evidence with a few bytes changed.
+        #[test]
+        fn decoding_junk_never_panics(
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            edits in proptest::collection::vec((0usize..2000, proptest::num::u8::ANY), 1..4),
+        ) {
+            let _ = ForkEvidence::from_bytes(&junk);
+            let _ = Proof::decode(&junk);
+            let _ = SignedRoot::from_bytes(&junk);
+            let s = Ed25519Signer::from_seed([5; 32]);
+            let (short, short_nodes) = build(&s, &[b"a", b"b", b"c"]);
+            let (long, long_nodes) = build(&s, &[b"a", b"x", b"c", b"d", b"e"]);
+            let ev = ForkEvidence::ConflictingNode {
+                a: Box::new(NodeClaim::build(short, 1, |i| short_nodes.get(&i).copied()).unwrap()),
+                b: Box::new(NodeClaim::build(long, 1, |i| long_nodes.get(&i).copied()).unwrap()),
+            };
+            let mut bytes = ev.to_bytes();
+            for (at, v) in edits {
+                let at = at % bytes.len();
+                bytes[at] = v;
+            }
+            if let Ok(decoded) = ForkEvidence::from_bytes(&bytes) {
+                proptest::prop_assert!(decoded.verify().is_ok());
+            }
+        }
+    }
+
     #[test]
     fn same_length_evidence_verifies_and_round_trips() {
         let s = Ed25519Signer::from_seed([1; 32]);

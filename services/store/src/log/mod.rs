@@ -26,3 +26,7 @@ pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
 /// The most entries one append or one received range may carry.
 pub const MAX_BATCH_ENTRIES: usize = 4096;
+
+/// The longest log: 2^62 entries, so every flat-tree index (below `2 × length`) and every span
+/// fits in a u64 with room to spare. A signed root claiming more is refused on decoding.
+pub const MAX_LOG_LENGTH: u64 = 1 << 62;

@@ -120,6 +120,9 @@ impl SignedRoot {
     /// Checks `signature` over `root` and returns the signed root, or
     /// [`StoreError::BadSignature`].
     pub fn new(root: UnsignedRoot, signature: [u8; 64]) -> Result<Self, StoreError> {
+        if root.length > super::MAX_LOG_LENGTH {
+            return Err(StoreError::OutOfRange);
+        }
         let sig = Signature::from_bytes(&signature);
         root.key
             .verifying_key()
@@ -366,6 +369,22 @@ mod tests {
         assert_eq!(back, r);
         let tampered = json.replace("\"length\":42", "\"length\":43");
         assert!(serde_json::from_str::<SignedRoot>(&tampered).is_err());
+    }
+
+    #[test]
+    fn absurd_lengths_are_refused_even_when_signed() {
+        let s = Ed25519Signer::from_seed([1; 32]);
+        for length in [crate::log::MAX_LOG_LENGTH + 1, u64::MAX] {
+            let u = UnsignedRoot {
+                key: s.log_key(),
+                length,
+                hash: [0; 32],
+            };
+            assert!(matches!(
+                SignedRoot::new(u, s.sign(&u)),
+                Err(StoreError::OutOfRange)
+            ));
+        }
     }
 
     #[test]

@@ -204,6 +204,9 @@ impl Appender {
     /// onto `new_nodes`. Returns `None` (and changes nothing) if the byte length would overflow.
     pub fn append(&mut self, data: &[u8], new_nodes: &mut Vec<(u64, Node)>) -> Option<()> {
         self.byte_length().checked_add(data.len() as u64)?;
+        if self.length >= super::MAX_LOG_LENGTH {
+            return None;
+        }
         let mut index = leaf_index(self.length);
         let mut node = Node::leaf(data);
         new_nodes.push((index, node));
