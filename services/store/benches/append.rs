@@ -28,11 +28,11 @@ use kith_store::log::Ed25519Signer;
 use rand::RngCore;
 use sqlx::{Connection, QueryBuilder};
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const ENTRY_BYTES: usize = 1024;
 
 /// (batch size, entries per round)
-const CASES: &[(usize, usize)] = &[(64, 8192), (1, 300)];
+const CASES: &[(usize, usize)] = &[(64, 8192), (1, 400)];
 
 enum Plain {
     Sqlite(sqlx::SqliteConnection),

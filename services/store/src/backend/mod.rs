@@ -14,7 +14,7 @@
 //! SQLite runs in WAL mode with `synchronous=FULL`: the WAL is fsynced at every commit, so an
 //! acknowledged append survives `kill -9` *and* power loss. (`NORMAL` in WAL mode would survive
 //! `kill -9` — the WAL write reaches the OS before the commit returns — but could lose the last
-//! commits on power loss; the benchmark measures what FULL costs.) PostgreSQL's commit is
+//! commits on power loss, and a chat message the sender was told is saved must not vanish.) PostgreSQL's commit is
 //! durable with the server's default `synchronous_commit=on`.
 //!
 //! Bad input changes nothing: every check (sizes, signatures, proofs, fork rules) runs before
