@@ -11,8 +11,13 @@ CREATE TABLE entries (
     log_id INTEGER NOT NULL REFERENCES logs (id),
     idx INTEGER NOT NULL CHECK (idx >= 0),
     data BLOB NOT NULL,
+    -- The tree nodes this entry's append completed (its leaf, then each parent of which it is the
+    -- rightmost entry), 40 bytes each (hash, size u64 LE): the writer's nodes ride in its
+    -- entries, no row of their own.
+    tree BLOB NOT NULL CHECK (length(tree) % 40 = 0 AND length(tree) > 0),
     PRIMARY KEY (log_id, idx)
 ) WITHOUT ROWID;
+-- Nodes held without the entry that completes them (a sparse holder's proof nodes).
 CREATE TABLE nodes (
     log_id INTEGER NOT NULL REFERENCES logs (id),
     idx INTEGER NOT NULL CHECK (idx >= 0),

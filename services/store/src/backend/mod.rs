@@ -1,15 +1,18 @@
 //! Persistence: logs, entries, tree nodes and fork evidence in SQLite or PostgreSQL (sqlx),
 //! chosen by URL (`sqlite://path`, `postgres://…`). The same SQL runs on both; only the schema
-//! files and the way a write transaction begins differ.
+//! files, the way a write transaction begins, and the append statement on PostgreSQL differ.
 //!
 //! What is stored, per log: one `logs` row (key, the held signed root and its length and byte
-//! length, the forked flag), `entries` rows (index → ciphertext), `nodes` rows (flat-tree index →
-//! hash and size) and `fork_evidence` rows. Every stored node and entry has been proven against
+//! length, the forked flag), `entries` rows (index → ciphertext, plus `tree`: the nodes that
+//! entry's append completed — its leaf and each parent of which it is the rightmost entry — so
+//! a writer's tree costs no rows of its own, like hypercore's flat tree file), `nodes` rows for
+//! nodes held without their completing entry (a sparse holder's proof nodes), and
+//! `fork_evidence` rows. Every stored node and entry has been proven against
 //! a signed root: a writer's own appends compute them, remote ones are verified first. So the
 //! held root's peaks are always held, and every held node's path up to them too (upgrades
 //! reveal the old peaks), which is what lets a sparse holder prove what it has.
 //!
-//! Durability. An append is one transaction (entries, new nodes and the new signed root, with
+//! Durability. An append is one transaction (entries with their new nodes, and the new signed root, with
 //! an optimistic check on the old length) and is acknowledged only after `COMMIT` returns.
 //! SQLite runs in WAL mode with `synchronous=FULL`: the WAL is fsynced at every commit, so an
 //! acknowledged append survives `kill -9` *and* power loss. (`NORMAL` in WAL mode would survive
@@ -213,6 +216,32 @@ pub fn sqlite_connect_options(url: &str) -> Result<SqliteConnectOptions, StoreEr
         .busy_timeout(Duration::from_secs(30)))
 }
 
+/// Bytes per node in an entry's `tree` column: hash, then size (u64 LE).
+const NODE_BYTES: usize = 40;
+
+/// The size of entry `entry`'s `tree` column.
+fn tree_blob_len(entry: u64) -> usize {
+    (1 + entry.trailing_ones() as usize) * NODE_BYTES
+}
+
+fn decode_node(bytes: &[u8]) -> Node {
+    Node {
+        hash: bytes[..32].try_into().expect("32 bytes"),
+        size: u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")),
+    }
+}
+
+/// Entry `entry`'s `tree` column from nodes that include every node it completes.
+fn tree_blob(entry: u64, nodes: impl Fn(u64) -> Option<Node>) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(tree_blob_len(entry));
+    for i in tree::completed_by(entry) {
+        let n = nodes(i)?;
+        out.extend_from_slice(&n.hash);
+        out.extend_from_slice(&n.size.to_le_bytes());
+    }
+    Some(out)
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies migrations.
     ///
@@ -321,10 +350,54 @@ impl Store {
         self.log_info(key).await
     }
 
-    /// The stored nodes at `indices` (those that are held).
+    /// The held nodes at `indices`: from the `tree` column of the entry that completes each
+    /// node if that entry is held, else from `nodes`.
     async fn nodes(&self, log_id: i64, indices: &[u64]) -> Result<HashMap<u64, Node>, StoreError> {
         let mut out = HashMap::with_capacity(indices.len());
-        for chunk in indices.chunks(LOOKUP_CHUNK) {
+        let mut completing: Vec<u64> = indices.iter().map(|&i| tree::completing_entry(i)).collect();
+        completing.sort_unstable();
+        completing.dedup();
+        let mut trees: HashMap<u64, Vec<u8>> = HashMap::with_capacity(completing.len());
+        for chunk in completing.chunks(LOOKUP_CHUNK) {
+            let rows = on_db!(&self.db, pool, DB => {
+                let mut qb = QueryBuilder::<DB>::new("SELECT idx, tree FROM entries WHERE log_id = ");
+                qb.push_bind(log_id);
+                qb.push(" AND idx IN (");
+                let mut sep = qb.separated(", ");
+                for &i in chunk {
+                    sep.push_bind(to_i64(i)?);
+                }
+                sep.push_unseparated(")");
+                qb.build()
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| -> Result<_, sqlx::Error> {
+                        Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            });
+            for (idx, blob) in rows {
+                let entry = to_u64(idx)?;
+                if blob.len() != tree_blob_len(entry) {
+                    return Err(StoreError::Corrupt(format!(
+                        "tree nodes of entry {entry} have the wrong size"
+                    )));
+                }
+                trees.insert(entry, blob);
+            }
+        }
+        let mut rest = Vec::new();
+        for &i in indices {
+            match trees.get(&tree::completing_entry(i)) {
+                Some(blob) => {
+                    let at = tree::depth(i) as usize * NODE_BYTES;
+                    out.insert(i, decode_node(&blob[at..at + NODE_BYTES]));
+                }
+                None => rest.push(i),
+            }
+        }
+        for chunk in rest.chunks(LOOKUP_CHUNK) {
             let rows = on_db!(&self.db, pool, DB => {
                 let mut qb = QueryBuilder::<DB>::new("SELECT idx, hash, size FROM nodes WHERE log_id = ");
                 qb.push_bind(log_id);
@@ -410,11 +483,20 @@ impl Store {
             };
             let old_length = state.appender.length();
             let mut appender = state.appender.clone();
-            let mut new_nodes = Vec::with_capacity(entries.len() * 2);
+            // Each entry's append emits exactly the nodes it completes, by depth: its `tree`.
+            let mut trees = Vec::with_capacity(entries.len());
+            let mut new_nodes = Vec::with_capacity(8);
             for e in entries {
+                new_nodes.clear();
                 appender
                     .append(e.as_ref(), &mut new_nodes)
                     .ok_or(StoreError::OutOfRange)?;
+                let mut blob = Vec::with_capacity(new_nodes.len() * NODE_BYTES);
+                for (_, n) in &new_nodes {
+                    blob.extend_from_slice(&n.hash);
+                    blob.extend_from_slice(&n.size.to_le_bytes());
+                }
+                trees.push(blob);
             }
             let unsigned = UnsignedRoot {
                 key,
@@ -430,7 +512,7 @@ impl Store {
                     appender.byte_length(),
                     &root,
                     entries,
-                    &new_nodes,
+                    &trees,
                 )
                 .await?;
             if written {
@@ -459,7 +541,7 @@ impl Store {
         byte_length: u64,
         root: &SignedRoot,
         entries: &[E],
-        nodes: &[(u64, Node)],
+        trees: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         let root_bytes = root.to_bytes();
         if let Db::Postgres(pool) = &self.db {
@@ -472,7 +554,7 @@ impl Store {
                     &root_bytes,
                     root,
                     entries,
-                    nodes,
+                    trees,
                 )
                 .await;
         }
@@ -494,24 +576,19 @@ impl Store {
             if updated != 1 {
                 return Ok(false);
             }
-            let first = old_length;
-            for (k, chunk) in entries.chunks(INSERT_CHUNK).enumerate() {
-                let base = first + (k * INSERT_CHUNK) as u64;
-                let mut qb = QueryBuilder::<DB>::new("INSERT INTO entries (log_id, idx, data) ");
-                qb.push_values(chunk.iter().enumerate(), |mut b, (j, e)| {
-                    b.push_bind(log_id)
-                        .push_bind((base + j as u64) as i64)
-                        .push_bind(e.as_ref());
-                });
-                qb.build().execute(&mut *tx).await?;
-            }
-            for chunk in nodes.chunks(INSERT_CHUNK) {
-                let mut qb = QueryBuilder::<DB>::new("INSERT INTO nodes (log_id, idx, hash, size) ");
-                qb.push_values(chunk, |mut b, (i, n)| {
+            let rows: Vec<(u64, &[u8], &[u8])> = entries
+                .iter()
+                .zip(trees)
+                .enumerate()
+                .map(|(j, (e, t))| (old_length + j as u64, e.as_ref(), t.as_slice()))
+                .collect();
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let mut qb = QueryBuilder::<DB>::new("INSERT INTO entries (log_id, idx, data, tree) ");
+                qb.push_values(chunk, |mut b, (i, e, t)| {
                     b.push_bind(log_id)
                         .push_bind(*i as i64)
-                        .push_bind(n.hash.as_slice())
-                        .push_bind(n.size as i64);
+                        .push_bind(*e)
+                        .push_bind(*t);
                 });
                 qb.build().execute(&mut *tx).await?;
             }
@@ -533,25 +610,20 @@ impl Store {
         root_bytes: &[u8],
         root: &SignedRoot,
         entries: &[E],
-        nodes: &[(u64, Node)],
+        trees: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         let first = to_i64(old_length)?;
         let entry_idx: Vec<i64> = (0..entries.len() as i64).map(|j| first + j).collect();
-        let entry_data: Vec<Vec<u8>> = entries.iter().map(|e| e.as_ref().to_vec()).collect();
-        let node_idx: Vec<i64> = nodes.iter().map(|(i, _)| *i as i64).collect();
-        let node_hash: Vec<Vec<u8>> = nodes.iter().map(|(_, n)| n.hash.to_vec()).collect();
-        let node_size: Vec<i64> = nodes.iter().map(|(_, n)| n.size as i64).collect();
+        let entry_data: Vec<&[u8]> = entries.iter().map(|e| e.as_ref()).collect();
+        let entry_tree: Vec<&[u8]> = trees.iter().map(|t| t.as_slice()).collect();
         let updated: i64 = sqlx::query(
             "WITH u AS ( \
                  UPDATE logs SET length = $1, byte_length = $2, root = $3 \
                  WHERE id = $4 AND length = $5 AND forked = 0 RETURNING id), \
              e AS ( \
-                 INSERT INTO entries (log_id, idx, data) \
-                 SELECT u.id, t.idx, t.data FROM u, UNNEST($6::bigint[], $7::bytea[]) AS t (idx, data)), \
-             n AS ( \
-                 INSERT INTO nodes (log_id, idx, hash, size) \
-                 SELECT u.id, t.idx, t.hash, t.size \
-                 FROM u, UNNEST($8::bigint[], $9::bytea[], $10::bigint[]) AS t (idx, hash, size)) \
+                 INSERT INTO entries (log_id, idx, data, tree) \
+                 SELECT u.id, t.idx, t.data, t.tree \
+                 FROM u, UNNEST($6::bigint[], $7::bytea[], $8::bytea[]) AS t (idx, data, tree)) \
              SELECT COUNT(*) FROM u",
         )
         .bind(to_i64(root.length())?)
@@ -561,9 +633,7 @@ impl Store {
         .bind(first)
         .bind(entry_idx)
         .bind(entry_data)
-        .bind(node_idx)
-        .bind(node_hash)
-        .bind(node_size)
+        .bind(entry_tree)
         .fetch_one(pool)
         .await?
         .try_get(0)?;
@@ -838,10 +908,23 @@ impl Store {
             .iter()
             .map(|i| verified.nodes[i].size)
             .sum();
+        // Each entry carries the nodes it completes (all established: they are its ancestors);
+        // other new nodes get rows of their own.
+        let end = start + entries.len() as u64;
+        let mut rows = Vec::with_capacity(entries.len());
+        for (j, e) in entries.iter().enumerate() {
+            let index = start + j as u64;
+            let blob = tree_blob(index, |i| verified.nodes.get(&i).copied())
+                .ok_or(StoreError::BadProof)?;
+            rows.push((index, e.as_ref(), blob));
+        }
         let new_nodes: Vec<(u64, Node)> = verified
             .nodes
             .iter()
-            .filter(|(i, _)| !held.contains_key(i))
+            .filter(|(i, _)| {
+                let completing = tree::completing_entry(**i);
+                !held.contains_key(i) && !(start..end).contains(&completing)
+            })
             .map(|(i, n)| (*i, *n))
             .collect();
         let root_bytes = root.to_bytes();
@@ -863,13 +946,13 @@ impl Store {
                     return Err(StoreError::Conflict { key });
                 }
             }
-            for (k, chunk) in entries.chunks(INSERT_CHUNK).enumerate() {
-                let base = start + (k * INSERT_CHUNK) as u64;
-                let mut qb = QueryBuilder::<DB>::new("INSERT INTO entries (log_id, idx, data) ");
-                qb.push_values(chunk.iter().enumerate(), |mut b, (j, e)| {
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let mut qb = QueryBuilder::<DB>::new("INSERT INTO entries (log_id, idx, data, tree) ");
+                qb.push_values(chunk, |mut b, (i, e, t)| {
                     b.push_bind(row.id)
-                        .push_bind((base + j as u64) as i64)
-                        .push_bind(e.as_ref());
+                        .push_bind(*i as i64)
+                        .push_bind(*e)
+                        .push_bind(t.as_slice());
                 });
                 qb.push(" ON CONFLICT (log_id, idx) DO NOTHING");
                 qb.build().execute(&mut *tx).await?;
@@ -1035,7 +1118,8 @@ impl Store {
                  (SELECT COUNT(*) FROM logs WHERE forked <> 0), \
                  (SELECT COUNT(*) FROM entries), \
                  (SELECT CAST(COALESCE(SUM(length(data)), 0) AS BIGINT) FROM entries), \
-                 (SELECT COUNT(*) FROM nodes), \
+                 (SELECT COUNT(*) FROM nodes) \
+                 + (SELECT CAST(COALESCE(SUM(length(tree)), 0) / 40 AS BIGINT) FROM entries), \
                  (SELECT COUNT(*) FROM fork_evidence)",
             )
             .fetch_one(pool)

@@ -137,6 +137,25 @@ pub fn index_at(depth: u32, offset: u64) -> u64 {
     (((offset << 1) | 1) << depth) - 1
 }
 
+/// The entry whose append completes a node: the rightmost entry under it.
+pub fn completing_entry(index: u64) -> u64 {
+    span(index).1 - 1
+}
+
+/// The nodes the append of entry `entry` completes, by depth: its leaf, then each parent of
+/// which it is the rightmost entry (one per trailing one bit of `entry`). Every node is in
+/// exactly one entry's list, at position `depth(node)`.
+pub fn completed_by(entry: u64) -> Vec<u64> {
+    let mut out = Vec::with_capacity(1 + entry.trailing_ones() as usize);
+    let mut index = leaf_index(entry);
+    out.push(index);
+    for _ in 0..entry.trailing_ones() {
+        index = parent(index);
+        out.push(index);
+    }
+    out
+}
+
 /// The peaks of a tree of `length` entries: full nodes, largest (leftmost) first.
 pub fn full_roots(length: u64) -> Vec<u64> {
     let mut roots = Vec::with_capacity(length.count_ones() as usize);
@@ -278,6 +297,28 @@ mod tests {
                 assert_eq!(span(r).1, span(i).1);
                 assert_eq!(span(l).1, span(r).0);
             }
+        }
+    }
+
+    #[test]
+    fn every_node_is_completed_by_exactly_one_entry_at_its_depth() {
+        let mut seen = std::collections::HashSet::new();
+        for entry in 0..256u64 {
+            for (d, i) in completed_by(entry).into_iter().enumerate() {
+                assert_eq!(depth(i) as usize, d);
+                assert_eq!(completing_entry(i), entry);
+                assert!(seen.insert(i));
+            }
+        }
+        // Every full node of a 256-entry tree, nothing else.
+        assert_eq!(seen.len(), 511);
+        // The appender emits, for each entry, exactly that entry's list.
+        let mut a = Appender::new();
+        for entry in 0..100u64 {
+            let mut new = Vec::new();
+            a.append(&entry.to_le_bytes(), &mut new).unwrap();
+            let indices: Vec<u64> = new.iter().map(|(i, _)| *i).collect();
+            assert_eq!(indices, completed_by(entry));
         }
     }
 
