@@ -252,16 +252,21 @@ impl Store {
             let options = sqlite_connect_options(url)?;
             // An in-memory database exists once per connection: keep one.
             let max = if url.contains(":memory:") { 1 } else { 4 };
+            // No ping before each use: it would be a worker-thread round trip per statement, and
+            // a broken connection fails the statement anyway (a typed database error).
             let pool = SqlitePoolOptions::new()
                 .max_connections(max)
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
             Db::Sqlite(pool)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::InvalidUrl(format!("{e}")))?;
+            // No ping before each use: it would double the round trips of an append.
             let pool = PgPoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
             Db::Postgres(pool)
@@ -613,30 +618,31 @@ impl Store {
         trees: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         let first = to_i64(old_length)?;
-        let entry_idx: Vec<i64> = (0..entries.len() as i64).map(|j| first + j).collect();
-        let entry_data: Vec<&[u8]> = entries.iter().map(|e| e.as_ref()).collect();
-        let entry_tree: Vec<&[u8]> = trees.iter().map(|t| t.as_slice()).collect();
-        let updated: i64 = sqlx::query(
-            "WITH u AS ( \
-                 UPDATE logs SET length = $1, byte_length = $2, root = $3 \
-                 WHERE id = $4 AND length = $5 AND forked = 0 RETURNING id), \
-             e AS ( \
-                 INSERT INTO entries (log_id, idx, data, tree) \
-                 SELECT u.id, t.idx, t.data, t.tree \
-                 FROM u, UNNEST($6::bigint[], $7::bytea[], $8::bytea[]) AS t (idx, data, tree)) \
-             SELECT COUNT(*) FROM u",
-        )
-        .bind(to_i64(root.length())?)
-        .bind(to_i64(byte_length)?)
-        .bind(root_bytes)
-        .bind(log_id)
-        .bind(first)
-        .bind(entry_idx)
-        .bind(entry_data)
-        .bind(entry_tree)
-        .fetch_one(pool)
-        .await?
-        .try_get(0)?;
+        let mut qb = QueryBuilder::<sqlx::Postgres>::new("WITH u AS (UPDATE logs SET length = ");
+        qb.push_bind(to_i64(root.length())?)
+            .push(", byte_length = ")
+            .push_bind(to_i64(byte_length)?)
+            .push(", root = ")
+            .push_bind(root_bytes)
+            .push(" WHERE id = ")
+            .push_bind(log_id)
+            .push(" AND length = ")
+            .push_bind(first)
+            .push(
+                " AND forked = 0 RETURNING id), \
+                 e AS (INSERT INTO entries (log_id, idx, data, tree) \
+                 SELECT u.id, v.idx, v.data, v.tree FROM u, (",
+            );
+        qb.push_values(
+            entries.iter().zip(trees).enumerate(),
+            |mut b, (j, (e, t))| {
+                b.push_bind(first + j as i64)
+                    .push_bind(e.as_ref())
+                    .push_bind(t.as_slice());
+            },
+        );
+        qb.push(") AS v (idx, data, tree)) SELECT COUNT(*) FROM u");
+        let updated: i64 = qb.build().fetch_one(pool).await?.try_get(0)?;
         Ok(updated == 1)
     }
 
