@@ -12,9 +12,11 @@
 //! - [`backend`]: persistence with sqlx on SQLite (the embedded default) or PostgreSQL, chosen by
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
+//!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
 //! - [`error`]: the one error type, [`StoreError`].
 //!
-//! Replication, mirrors, mailboxes, files, the gRPC API and the binary are still to come.
+//! Replication over the transport, mirrors, mailboxes, files, the gRPC API and the binary are
+//! still to come.
 
 pub mod backend;
 pub mod error;

@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::backends;
+use common::{TestDb, backends};
+use kith_store::backend::copy_store;
 use kith_store::log::tree;
 use kith_store::log::{
     Ed25519Signer, ForkEvidence, MAX_BATCH_ENTRIES, MAX_ENTRY_BYTES, Proof, RootSigner, SignedRoot,
@@ -608,5 +609,92 @@ async fn concurrent_writers_on_one_database_never_interleave_a_batch() {
         }
         s1.close().await;
         s2.close().await;
+    }
+}
+
+#[tokio::test]
+async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
+    let [first, second]: [TestDb; 2] = backends().await.try_into().ok().unwrap();
+    let third = common::sqlite();
+    let source = first.open().await;
+
+    // A full log, a sparse mirror copy of another writer's log, a forked log and an empty one.
+    let full = Ed25519Signer::from_seed([20; 32]);
+    append_range(&source, &full, 20, 0, 2500, 100).await;
+    let writer_db = common::sqlite();
+    let writer = writer_db.open().await;
+    let sparse = Ed25519Signer::from_seed([21; 32]);
+    append_range(&writer, &sparse, 21, 0, 40, 40).await;
+    let (r, es, p) = writer
+        .get_range_with_proof(&sparse.log_key(), 5, 9, None)
+        .await
+        .unwrap();
+    source.put_remote(&r, 5, &es, &p).await.unwrap();
+    append_range(&writer, &sparse, 21, 40, 90, 25).await;
+    let (r, es, p) = writer
+        .get_range_with_proof(&sparse.log_key(), 60, 70, Some(40))
+        .await
+        .unwrap();
+    source.put_remote(&r, 60, &es, &p).await.unwrap();
+    let forked = Ed25519Signer::from_seed([22; 32]);
+    append_range(&source, &forked, 22, 0, 6, 6).await;
+    let other_db = common::sqlite();
+    let other = other_db.open().await;
+    let (r, es, p) = {
+        append_range(&other, &forked, 23, 0, 6, 6).await;
+        other
+            .get_range_with_proof(&forked.log_key(), 0, 6, None)
+            .await
+            .unwrap()
+    };
+    assert!(matches!(
+        source.put_remote(&r, 0, &es, &p).await.unwrap(),
+        PutOutcome::Forked(_)
+    ));
+    let empty = Ed25519Signer::from_seed([24; 32]);
+    source.create_log(&empty.log_key()).await.unwrap();
+
+    let middle = second.open().await;
+    let report = copy_store(&source, &middle).await.unwrap();
+    assert_eq!(report.logs, 4);
+    assert_eq!(report.entries, 2500 + 4 + 10 + 6);
+    assert_eq!(report.fork_evidence, 1);
+    let last = third.open().await;
+    copy_store(&middle, &last).await.unwrap();
+
+    let expected = source.list_logs().await.unwrap();
+    for (name, store) in [(second.name, &middle), (third.name, &last)] {
+        assert_eq!(store.list_logs().await.unwrap(), expected, "{name}");
+        for info in &expected {
+            let held = source.held(&info.key).await.unwrap();
+            assert_eq!(store.held(&info.key).await.unwrap(), held, "{name}");
+            for (s, e) in held.iter() {
+                let mut at = s;
+                while at < e {
+                    let to = (at + 1000).min(e);
+                    assert_eq!(
+                        store.get_range(&info.key, at, to).await.unwrap(),
+                        source.get_range(&info.key, at, to).await.unwrap()
+                    );
+                    at = to;
+                }
+            }
+            assert_eq!(
+                store.fork_evidence(&info.key).await.unwrap(),
+                source.fork_evidence(&info.key).await.unwrap()
+            );
+            store.verify_log(&info.key).await.unwrap();
+        }
+        // The copy goes on being a working store: the full log's writer appends to it.
+        let root = store.append(&full, &[b"after the move"]).await.unwrap();
+        assert_eq!(root.length(), 2501);
+    }
+    // Copying again changes nothing (both copies appended the same entry with the same key, so
+    // their roots agree).
+    let before = snapshot(&last).await;
+    copy_store(&middle, &last).await.unwrap();
+    assert_eq!(snapshot(&last).await, before);
+    for s in [&source, &middle, &last, &writer, &other] {
+        s.close().await;
     }
 }

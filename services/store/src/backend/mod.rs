@@ -23,7 +23,10 @@
 //! Bad input changes nothing: every check (sizes, signatures, proofs, fork rules) runs before
 //! the write transaction starts.
 
+mod copy;
 mod migrate;
+
+pub use copy::{CopyReport, copy_store};
 
 use std::collections::HashMap;
 use std::str::FromStr;
