@@ -698,3 +698,83 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
         s.close().await;
     }
 }
+
+/// Random sparse replication: a writer grows in random batches; a mirror pulls random ranges at
+/// the writer's current length (upgrading from whatever it holds); a reader pulls random ranges
+/// from the mirror only (upgrading from its own length, which is always one the mirror held).
+/// After every step both verify, and each proves every range it holds.
+#[tokio::test]
+async fn random_sparse_replication_keeps_every_holder_provable() {
+    use rand::{Rng, SeedableRng};
+    for db in backends().await {
+        let seed: u64 = rand::random();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let ctx = format!("{} seed {seed}", db.name);
+        let writer_db = common::sqlite();
+        let writer = writer_db.open().await;
+        let mirror = db.open().await;
+        let reader_db = common::sqlite();
+        let reader = reader_db.open().await;
+        let signer = Ed25519Signer::from_seed([30; 32]);
+        let key = signer.log_key();
+        let mut length = 0u64;
+        for _ in 0..12 {
+            let grow = rng.gen_range(1..40u64);
+            append_range(
+                &writer,
+                &signer,
+                30,
+                length,
+                length + grow,
+                rng.gen_range(1..9),
+            )
+            .await;
+            length += grow;
+            for _ in 0..rng.gen_range(1..4) {
+                let s = rng.gen_range(0..length);
+                let e = rng.gen_range(s..=length.min(s + 20));
+                let known = mirror.log_info(&key).await.map(|i| i.length).unwrap_or(0);
+                let (r, es, p) = writer
+                    .get_range_with_proof(&key, s, e, Some(known))
+                    .await
+                    .unwrap();
+                let out = mirror.put_remote(&r, s, &es, &p).await.unwrap();
+                assert!(matches!(out, PutOutcome::Stored { .. }), "{ctx}");
+            }
+            let mirror_info = mirror.log_info(&key).await.unwrap();
+            assert_eq!(mirror_info.length, length, "{ctx}");
+            mirror.verify_log(&key).await.unwrap();
+            // The reader pulls held ranges from the mirror.
+            let held: Vec<(u64, u64)> = mirror.held(&key).await.unwrap().iter().collect();
+            if !held.is_empty() && rng.gen_bool(0.7) {
+                let (hs, he) = held[rng.gen_range(0..held.len())];
+                let s = rng.gen_range(hs..he);
+                let e = rng.gen_range(s + 1..=he);
+                let known = reader.log_info(&key).await.map(|i| i.length).unwrap_or(0);
+                let (r, es, p) = mirror
+                    .get_range_with_proof(&key, s, e, Some(known))
+                    .await
+                    .unwrap_or_else(|err| {
+                        panic!("{ctx}: mirror proves {s}..{e} from {known}: {err:?}")
+                    });
+                reader.put_remote(&r, s, &es, &p).await.unwrap();
+                reader.verify_log(&key).await.unwrap();
+            }
+            // Every holder proves every range it holds, to anyone with the key.
+            for store in [&mirror, &reader] {
+                let Ok(info) = store.log_info(&key).await else {
+                    continue;
+                };
+                for (s, e) in store.held(&key).await.unwrap().iter() {
+                    let (r, es, p) = store.get_range_with_proof(&key, s, e, None).await.unwrap();
+                    assert_eq!(r.length(), info.length);
+                    assert_eq!(es, entries(30, s..e), "{ctx}");
+                    p.verify(&r, s, &es, &[]).unwrap();
+                }
+            }
+        }
+        for s in [&writer, &mirror, &reader] {
+            s.close().await;
+        }
+    }
+}
