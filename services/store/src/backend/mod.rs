@@ -80,21 +80,39 @@ macro_rules! on_db {
 }
 
 /// Runs `$body` inside a write transaction `$tx` (SQLite: `BEGIN IMMEDIATE`, so two writers never
-/// deadlock upgrading read locks). The body commits; an early return rolls back.
+/// deadlock upgrading read locks) and evaluates to its `Result`. The body commits; an early
+/// return or error rolls back.
+///
+/// On SQLite a failed transaction's connection is closed instead of going back to the pool:
+/// after some errors (a full disk) SQLite has already rolled the transaction back, sqlx's
+/// `ROLLBACK` then fails, and sqlx would go on believing the connection is inside a transaction.
 macro_rules! in_write_tx {
     ($db:expr, $tx:ident, $DB:ident => $body:expr) => {
         match $db {
             Db::Sqlite(pool) => {
                 #[allow(dead_code)]
                 type $DB = sqlx::Sqlite;
-                let mut $tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                $body
+                let mut conn = pool.acquire().await?;
+                let result: Result<_, StoreError> = async {
+                    let mut $tx =
+                        sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
+                    $body
+                }
+                .await;
+                if result.is_err() {
+                    drop(conn.detach());
+                }
+                result
             }
             Db::Postgres(pool) => {
                 #[allow(dead_code)]
                 type $DB = sqlx::Postgres;
-                let mut $tx = pool.begin().await?;
-                $body
+                let result: Result<_, StoreError> = async {
+                    let mut $tx = pool.begin().await?;
+                    $body
+                }
+                .await;
+                result
             }
         }
     };
@@ -978,7 +996,8 @@ impl Store {
                 qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-        });
+            Ok(())
+        })?;
         // The local writer's cached tree (if any) is now stale. If an append holds it right now,
         // that append's optimistic length check fails and it reloads instead.
         if upgrade
@@ -1032,7 +1051,8 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-        });
+            Ok(())
+        })?;
         tracing::warn!(log = %evidence.key(), "log forked: writer signed contradicting roots");
         Ok(PutOutcome::Forked(evidence))
     }
