@@ -7,18 +7,18 @@
 //! entry's append completed — its leaf and each parent of which it is the rightmost entry — so
 //! a writer's tree costs no rows of its own, like hypercore's flat tree file), `nodes` rows for
 //! nodes held without their completing entry (a sparse holder's proof nodes), and
-//! `fork_evidence` rows. Every stored node and entry has been proven against
-//! a signed root: a writer's own appends compute them, remote ones are verified first. So the
-//! held root's peaks are always held, and every held node's path up to them too (upgrades
-//! reveal the old peaks), which is what lets a sparse holder prove what it has.
+//! `fork_evidence` rows. Every stored node and entry has been proven against a signed root: a
+//! writer's own appends compute them, remote ones are verified first. So the held root's peaks
+//! are always held, and every held node's path up to them too (upgrades reveal the old peaks),
+//! which is what lets a sparse holder prove what it has.
 //!
-//! Durability. An append is one transaction (entries with their new nodes, and the new signed root, with
-//! an optimistic check on the old length) and is acknowledged only after `COMMIT` returns.
-//! SQLite runs in WAL mode with `synchronous=FULL`: the WAL is fsynced at every commit, so an
-//! acknowledged append survives `kill -9` *and* power loss. (`NORMAL` in WAL mode would survive
-//! `kill -9` — the WAL write reaches the OS before the commit returns — but could lose the last
-//! commits on power loss, and a chat message the sender was told is saved must not vanish.) PostgreSQL's commit is
-//! durable with the server's default `synchronous_commit=on`.
+//! Durability. An append is one transaction (entries with their new nodes, and the new signed
+//! root, under an optimistic check on the old length) and is acknowledged only after `COMMIT`
+//! returns. SQLite runs in WAL mode with `synchronous=FULL`: the WAL is fsynced at every commit,
+//! so an acknowledged append survives `kill -9` *and* power loss. (`NORMAL` in WAL mode would
+//! survive `kill -9` — the WAL write reaches the OS before the commit returns — but could lose
+//! the last commits on power loss, and a message its sender was told is saved must not vanish.)
+//! PostgreSQL's commit is durable with the server's default `synchronous_commit=on`.
 //!
 //! Bad input changes nothing: every check (sizes, signatures, proofs, fork rules) runs before
 //! the write transaction starts.
