@@ -157,6 +157,8 @@ struct Row {
     store: f64,
     row_by_row: f64,
     multi_row: f64,
+    /// Median over rounds of store ÷ the round's faster anchor.
+    ratio: f64,
 }
 
 async fn measure(backend: &'static str, url: &str) -> Vec<Row> {
@@ -166,8 +168,8 @@ async fn measure(backend: &'static str, url: &str) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut log = 0i64;
     for &(batch, count) in CASES {
-        let (mut s, mut r, mut m) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
+        let (mut s, mut r, mut m, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
             let entries: Vec<Vec<u8>> = (0..count)
                 .map(|_| {
                     let mut e = vec![0u8; ENTRY_BYTES];
@@ -176,9 +178,24 @@ async fn measure(backend: &'static str, url: &str) -> Vec<Row> {
                 })
                 .collect();
             log += 1;
-            s.push(store_appends(&store, log as u64, &entries, batch).await);
-            r.push(plain.insert(log * 2, &entries, batch, false).await);
-            m.push(plain.insert(log * 2 + 1, &entries, batch, true).await);
+            // Alternate who goes first (WAL checkpoints and the like land on whoever follows).
+            let (store_rate, row_rate, multi_rate) = if round % 2 == 0 {
+                let s = store_appends(&store, log as u64, &entries, batch).await;
+                let r = plain.insert(log * 2, &entries, batch, false).await;
+                let m = plain.insert(log * 2 + 1, &entries, batch, true).await;
+                (s, r, m)
+            } else {
+                let m = plain.insert(log * 2 + 1, &entries, batch, true).await;
+                let r = plain.insert(log * 2, &entries, batch, false).await;
+                let s = store_appends(&store, log as u64, &entries, batch).await;
+                (s, r, m)
+            };
+            // The disk's fsync latency drifts with the machine's other work: pair each round's
+            // store figure with that round's anchors.
+            ratios.push(store_rate / row_rate.max(multi_rate));
+            s.push(store_rate);
+            r.push(row_rate);
+            m.push(multi_rate);
         }
         let row = Row {
             backend,
@@ -186,10 +203,11 @@ async fn measure(backend: &'static str, url: &str) -> Vec<Row> {
             store: median(s),
             row_by_row: median(r),
             multi_row: median(m),
+            ratio: median(ratios),
         };
         eprintln!(
-            "{backend} batch {batch}: store {:.0}/s, plain row-by-row {:.0}/s, plain multi-row {:.0}/s",
-            row.store, row.row_by_row, row.multi_row
+            "{backend} batch {batch}: store {:.0}/s, plain row-by-row {:.0}/s, plain multi-row {:.0}/s, ratio {:.2}",
+            row.store, row.row_by_row, row.multi_row, row.ratio
         );
         rows.push(row);
     }
@@ -208,21 +226,19 @@ async fn main() {
 
     let mut body = format!(
         "Measured {} by `cargo bench -p kith-store --bench append` (release, {ROUNDS} interleaved \
-         rounds, median; {ENTRY_BYTES}-byte random entries; one writer; SQLite WAL with \
+         rounds, medians; the ratio is the median of per-round ratios to that round's faster anchor; {ENTRY_BYTES}-byte random entries; one writer; SQLite WAL with \
          `synchronous=FULL` on the temp dir's disk, PostgreSQL 15 on 127.0.0.1 with default \
          `synchronous_commit=on`).\n\n\
-         | backend | batch | signed appends/s | plain row-by-row/s | plain multi-row/s | ratio to the faster anchor |\n\
+         | backend | batch | signed appends/s | plain row-by-row/s | plain multi-row/s | ratio to the faster anchor (median of rounds) |\n\
          |---|---:|---:|---:|---:|---:|\n",
         today()
     );
     let mut all_met = true;
     for r in &rows {
-        let anchor = r.row_by_row.max(r.multi_row);
-        let ratio = r.store / anchor;
-        all_met &= ratio >= 0.5;
+        all_met &= r.ratio >= 0.5;
         body.push_str(&format!(
             "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2}× |\n",
-            r.backend, r.batch, r.store, r.row_by_row, r.multi_row, ratio
+            r.backend, r.batch, r.store, r.row_by_row, r.multi_row, r.ratio
         ));
     }
     body.push_str(&format!(
