@@ -778,3 +778,27 @@ async fn random_sparse_replication_keeps_every_holder_provable() {
         }
     }
 }
+
+#[tokio::test]
+async fn stores_opened_at_once_on_a_fresh_database_migrate_it_once() {
+    for db in backends().await {
+        let (a, b, c) = tokio::join!(
+            Store::open(&db.url),
+            Store::open(&db.url),
+            Store::open(&db.url)
+        );
+        let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+        let signer = Ed25519Signer::from_seed([40; 32]);
+        a.append(&signer, &[b"one"]).await.unwrap();
+        assert_eq!(
+            b.log_info(&signer.log_key()).await.unwrap().length,
+            1,
+            "{}",
+            db.name
+        );
+        assert_eq!(c.stats().await.unwrap().logs, 1);
+        for s in [&a, &b, &c] {
+            s.close().await;
+        }
+    }
+}
