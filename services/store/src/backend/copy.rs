@@ -1,0 +1,69 @@
+//! Copying every log from one store to another (SQLite ⇄ PostgreSQL), the base of
+//! `kith store migrate`. Nothing is copied on trust: each held range travels as a remote put
+//! would, entries with a proof against the source's signed root, and the destination verifies
+//! it before storing. A log whose source data fails verification stops the copy with the error.
+
+use serde::Serialize;
+
+use super::{PutOutcome, Store};
+use crate::error::StoreError;
+use crate::log::Targets;
+
+/// Entries per copied batch.
+const COPY_BATCH: u64 = 1024;
+
+/// What a copy moved.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CopyReport {
+    pub logs: u64,
+    pub entries: u64,
+    pub fork_evidence: u64,
+}
+
+/// Copies every log of `from` into `to`, verifying every batch on the way in. Logs already in
+/// `to` are extended; a log whose history contradicts the one in `to` ends up forked there
+/// (with the evidence), exactly as if it had arrived from a peer.
+pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreError> {
+    let mut report = CopyReport::default();
+    for info in from.list_logs().await? {
+        report.logs += 1;
+        let held_there = to.create_log(&info.key).await?;
+        // A log already forked in `to` takes no entries; it only gets the evidence.
+        if let (Some(root), false) = (info.root, held_there.forked) {
+            let known = held_there.length;
+            let mut copied_any = false;
+            'ranges: for (start, end) in from.held(&info.key).await?.iter() {
+                let mut at = start;
+                while at < end {
+                    let to_end = (at + COPY_BATCH).min(end);
+                    // The first batch upgrades the destination from what it holds.
+                    let upgrade_from = (!copied_any && known < root.length()).then_some(known);
+                    let (r, entries, proof) = from
+                        .get_range_with_proof(&info.key, at, to_end, upgrade_from)
+                        .await?;
+                    if let PutOutcome::Forked(_) = to.put_remote(&r, at, &entries, &proof).await? {
+                        break 'ranges;
+                    }
+                    copied_any = true;
+                    report.entries += to_end - at;
+                    at = to_end;
+                }
+            }
+            if !copied_any && !to.log_info(&info.key).await?.forked {
+                // Nothing held: carry the root alone, with its peaks.
+                let targets = match known {
+                    k if k < root.length() => Targets::range_upgrading_from(0, 0, k),
+                    _ => Targets::range(0, 0),
+                };
+                let (r, proof) = from.prove(&info.key, &targets).await?;
+                let empty: [&[u8]; 0] = [];
+                to.put_remote(&r, 0, &empty, &proof).await?;
+            }
+        }
+        for evidence in from.fork_evidence(&info.key).await? {
+            to.add_fork_evidence(evidence).await?;
+            report.fork_evidence += 1;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,152 @@
+//! Schema migrations, written by hand so the crate needs no database (and no sqlx macros) to
+//! build. Each backend has its own SQL files (`migrations/sqlite`, `migrations/postgres`),
+//! embedded at compile time and applied in order, each in its own transaction, recorded in
+//! `kith_store_schema` with a BLAKE3 checksum of its text.
+//!
+//! Opening a database whose recorded migrations differ from this build's (an edited migration)
+//! or that has migrations this build does not know (a newer build ran) is
+//! [`StoreError::Schema`]: the store refuses to guess.
+
+use sqlx::Row;
+
+use super::Db;
+use crate::error::StoreError;
+
+/// One migration: a version, a description and its statements (separated by `;` at line ends).
+pub(crate) struct Migration {
+    pub version: i64,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+pub(crate) const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    description: "logs",
+    sql: include_str!("../../migrations/sqlite/0001_logs.sql"),
+}];
+
+pub(crate) const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    description: "logs",
+    sql: include_str!("../../migrations/postgres/0001_logs.sql"),
+}];
+
+/// PostgreSQL's advisory lock (an arbitrary constant key), so two processes migrating the same
+/// database at once take turns.
+const PG_MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(5484001)";
+
+impl Migration {
+    fn checksum(&self) -> Vec<u8> {
+        blake3::hash(self.sql.as_bytes()).as_bytes().to_vec()
+    }
+
+    fn statements(&self) -> impl Iterator<Item = &'static str> {
+        self.sql
+            .split(";\n")
+            .map(|s| {
+                // Drop comment lines; what is left is one statement.
+                s.trim()
+            })
+            .filter(|s| {
+                s.lines()
+                    .any(|l| !l.trim().is_empty() && !l.trim().starts_with("--"))
+            })
+    }
+}
+
+/// Applies every migration the database lacks.
+pub(crate) async fn run(db: &Db) -> Result<(), StoreError> {
+    macro_rules! migrate {
+        ($begin:expr, $lock:expr, $table:expr, $migrations:expr) => {{
+            for m in $migrations {
+                let mut tx = $begin.await?;
+                if let Some(lock) = $lock {
+                    sqlx::query(lock).execute(&mut *tx).await?;
+                }
+                sqlx::query($table).execute(&mut *tx).await?;
+                let rows = sqlx::query("SELECT version, checksum FROM kith_store_schema")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut applied = None;
+                for row in &rows {
+                    let version: i64 = row.try_get(0)?;
+                    let checksum: Vec<u8> = row.try_get(1)?;
+                    if !$migrations.iter().any(|m: &Migration| m.version == version) {
+                        return Err(StoreError::Schema(format!(
+                            "database has schema version {version}, unknown to this build (a newer kith wrote it)"
+                        )));
+                    }
+                    if version == m.version {
+                        applied = Some(checksum);
+                    }
+                }
+                match applied {
+                    Some(checksum) if checksum == m.checksum() => {}
+                    Some(_) => {
+                        return Err(StoreError::Schema(format!(
+                            "migration {} ({}) differs from the one applied to this database",
+                            m.version, m.description
+                        )));
+                    }
+                    None => {
+                        for statement in m.statements() {
+                            sqlx::query(sqlx::AssertSqlSafe(statement))
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        sqlx::query(
+                            "INSERT INTO kith_store_schema (version, description, checksum) VALUES ($1, $2, $3)",
+                        )
+                        .bind(m.version)
+                        .bind(m.description)
+                        .bind(m.checksum())
+                        .execute(&mut *tx)
+                        .await?;
+                        tracing::info!(version = m.version, description = m.description, "applied store migration");
+                    }
+                }
+                tx.commit().await?;
+            }
+            Ok(())
+        }};
+    }
+    match db {
+        Db::Sqlite(pool, _) => migrate!(
+            pool.begin_with("BEGIN IMMEDIATE"),
+            None::<&'static str>,
+            "CREATE TABLE IF NOT EXISTS kith_store_schema (version INTEGER PRIMARY KEY, description TEXT NOT NULL, checksum BLOB NOT NULL)",
+            SQLITE
+        ),
+        Db::Postgres(pool, _) => migrate!(
+            pool.begin(),
+            Some(PG_MIGRATION_LOCK),
+            "CREATE TABLE IF NOT EXISTS kith_store_schema (version BIGINT PRIMARY KEY, description TEXT NOT NULL, checksum BYTEA NOT NULL)",
+            POSTGRES
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_split_into_statements_and_are_numbered_in_order() {
+        for set in [SQLITE, POSTGRES] {
+            for (k, m) in set.iter().enumerate() {
+                assert_eq!(m.version, k as i64 + 1);
+                let statements: Vec<_> = m.statements().collect();
+                assert!(statements.len() >= 4, "{statements:?}");
+                for s in statements {
+                    assert!(!s.ends_with(';'), "{s}");
+                }
+            }
+        }
+        // Both backends get the same tables.
+        for table in ["logs", "entries", "nodes", "fork_evidence"] {
+            let create = format!("CREATE TABLE {table} (");
+            assert!(SQLITE[0].sql.contains(&create));
+            assert!(POSTGRES[0].sql.contains(&create));
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The store's one error type. Bad input (a forged signature, a bad proof, an oversized entry)
+//! has its own variant and never changes stored state; database failures keep sqlx's error as
+//! the source.
+
+use crate::log::LogKey;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Bytes that were supposed to be a log key are not a usable ed25519 public key.
+    #[error("invalid log key: {0}")]
+    InvalidKey(&'static str),
+
+    /// A root's signature does not verify under the log's key.
+    #[error("bad root signature")]
+    BadSignature,
+
+    /// A signer was asked to sign a root of a log it does not hold the key for.
+    #[error("signer does not hold this log's key")]
+    WrongSigner,
+
+    /// An encoding could not be decoded.
+    #[error("malformed input: {0}")]
+    Malformed(&'static str),
+
+    /// A proof does not lead to the signed root.
+    #[error("bad proof")]
+    BadProof,
+
+    /// Entries or nodes outside the tree of the given length.
+    #[error("out of range")]
+    OutOfRange,
+
+    /// The holder lacks a tree node needed for a proof (it holds only part of the log).
+    #[error("node {index} not held")]
+    NotHeld { index: u64 },
+
+    /// The holder lacks an entry.
+    #[error("entry {index} not held")]
+    EntryNotHeld { index: u64 },
+
+    /// An entry is larger than [`crate::log::MAX_ENTRY_BYTES`].
+    #[error("entry of {size} bytes is larger than the maximum of 65536")]
+    EntryTooLarge { size: usize },
+
+    /// A batch has more entries than [`crate::log::MAX_BATCH_ENTRIES`].
+    #[error("batch of {count} entries is larger than the maximum of 4096")]
+    BatchTooLarge { count: usize },
+
+    /// A root is for another log.
+    #[error("root is for log {actual}, not {expected}")]
+    WrongLog { expected: LogKey, actual: LogKey },
+
+    /// A root shorter than the one held whose peaks the holder cannot place in its own tree; ask
+    /// for a proof against the held length instead.
+    #[error("root of length {offered} is older than the held length {held} and cannot be placed")]
+    StaleRoot { offered: u64, held: u64 },
+
+    /// The log is marked forked; it takes no more entries.
+    #[error("log {key} is forked")]
+    Forked { key: LogKey },
+
+    /// No such log in this store.
+    #[error("log {key} not found")]
+    LogNotFound { key: LogKey },
+
+    /// Another writer appended to the log at the same time (another process on the same
+    /// database); nothing was written, retry after reopening.
+    #[error("log {key} was appended to concurrently")]
+    Conflict { key: LogKey },
+
+    /// The database URL is not `sqlite://…` or `postgres://…`.
+    #[error("unsupported database url: {0}")]
+    InvalidUrl(String),
+
+    /// The database holds a schema this build does not know (newer, or altered).
+    #[error("schema: {0}")]
+    Schema(String),
+
+    /// Stored data fails verification: the database was altered or damaged.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+
+    /// The database failed (I/O, full disk, lost connection, ...).
+    #[error("database")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// A stable reason string for logs and, later, the gRPC error detail.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::InvalidKey(_) => "invalid_key",
+            StoreError::BadSignature => "bad_signature",
+            StoreError::WrongSigner => "wrong_signer",
+            StoreError::Malformed(_) => "malformed",
+            StoreError::BadProof => "bad_proof",
+            StoreError::OutOfRange => "out_of_range",
+            StoreError::NotHeld { .. } => "not_held",
+            StoreError::EntryNotHeld { .. } => "entry_not_held",
+            StoreError::EntryTooLarge { .. } => "entry_too_large",
+            StoreError::BatchTooLarge { .. } => "batch_too_large",
+            StoreError::WrongLog { .. } => "wrong_log",
+            StoreError::StaleRoot { .. } => "stale_root",
+            StoreError::Forked { .. } => "forked",
+            StoreError::LogNotFound { .. } => "log_not_found",
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::InvalidUrl(_) => "invalid_url",
+            StoreError::Schema(_) => "schema",
+            StoreError::Corrupt(_) => "corrupt",
+            StoreError::Database(_) => "database",
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! Kith's store: signed, append-only logs of ciphertext that anyone holding only the writer's
+//! public key can verify.
+//!
+//! Module map, in reading order:
+//!
+//! - [`log`]: sans IO. One log per writer, keyed by the writer's ed25519 public key
+//!   ([`log::LogKey`]). Entries are opaque bytes (ciphertext: the store never decrypts). A Merkle
+//!   tree in hypercore's flat-tree layout with domain-separated BLAKE3 ([`log::tree`]); roots
+//!   signed by the writer through a [`log::RootSigner`] ([`log::root`]); proofs of entries,
+//!   ranges and nodes ([`log::proof`]); the set of entries a sparse holder has
+//!   ([`log::RangeSet`]); fork evidence ([`log::ForkEvidence`]).
+//! - [`backend`]: persistence with sqlx on SQLite (the embedded default) or PostgreSQL, chosen by
+//!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
+//!   acknowledged only after commit. Remote entries are stored only after their proof verified.
+//!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
+//! - [`error`]: the one error type, [`StoreError`].
+//!
+//! Replication over the transport, mirrors, mailboxes, files, the gRPC API and the binary are
+//! still to come.
+
+pub mod backend;
+pub mod error;
+pub mod log;
+
+pub use backend::{LogInfo, PutOutcome, Stats, Store};
+pub use error::StoreError;
