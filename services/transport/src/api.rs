@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
-use crate::dht::DhtStatus;
+use crate::dht::{DhtStatus, NodeId};
 use crate::discovery::NameRecord;
 use crate::error::TransportError;
 use crate::node::nat::NatStatus;
@@ -76,6 +76,9 @@ impl From<TransportError> for ApiError {
             TransportError::Name { .. } => ApiError::Name(message),
             TransportError::ProtocolTaken(_) => ApiError::ProtocolTaken(message),
             TransportError::Closed => ApiError::Unavailable(message),
+            TransportError::NoDht => ApiError::FailedPrecondition(message),
+            TransportError::Dht(crate::dht::DhtError::NoContacts) => ApiError::Unreachable(message),
+            TransportError::Dht(_) => ApiError::Internal(message),
         }
     }
 }
@@ -148,6 +151,16 @@ pub struct PeerInfo {
     pub protocols: Vec<String>,
     /// QUIC's smoothed round trip of its connection, in microseconds.
     pub rtt_us: Option<u64>,
+}
+
+/// A peer announced under a topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicPeer {
+    pub peer_id: PeerId,
+    /// Its direct addresses, as it announced them.
+    pub addrs: Vec<SocketAddr>,
+    /// The relays it is reachable through (by peer id; `connect` finds their addresses).
+    pub relays: Vec<PeerId>,
 }
 
 /// What `connect` did.
@@ -245,6 +258,11 @@ pub trait TransportApi: Send + Sync + 'static {
     /// Peers with a path or a connection, sorted by id.
     async fn peers(&self) -> Result<Vec<PeerInfo>>;
     async fn resolve_name(&self, name: String) -> Result<NameRecord>;
+    /// Announces this node under a topic's DHT key ([`crate::dht::topic_key`] of the topic's
+    /// secret: the service never sees the secret). Returns how many DHT nodes stored it.
+    async fn announce(&self, topic: NodeId) -> Result<usize>;
+    /// The peers announced under a topic's DHT key.
+    async fn lookup(&self, topic: NodeId) -> Result<Vec<TopicPeer>>;
     /// Opens a stream to `peer` for protocol `alpn`, connecting first if needed.
     async fn open_stream(
         &self,

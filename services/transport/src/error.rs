@@ -75,6 +75,14 @@ pub enum TransportError {
     #[error("cannot resolve {name}: {reason}")]
     Name { name: String, reason: String },
 
+    /// The node runs without a DHT.
+    #[error("this node runs without a DHT")]
+    NoDht,
+
+    /// A DHT operation failed (no contacts, a record that cannot be signed, ...).
+    #[error("dht: {0}")]
+    Dht(#[from] crate::dht::DhtError),
+
     /// The protocol is already served on this node.
     #[error("protocol {0} is already served")]
     ProtocolTaken(String),

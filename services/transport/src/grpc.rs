@@ -31,11 +31,12 @@ use tracing::debug;
 
 use crate::api::*;
 use crate::dht::DhtStatus;
+use crate::dht::NodeId;
 use crate::discovery::NameRecord;
 use crate::node::PeerAddrs;
 use crate::node::nat::NatStatus;
 use crate::peer::PeerId;
-use crate::wire::peer_from_wire;
+use crate::wire::{peer_from_wire, topic_from_wire};
 
 /// Largest `data` frame sent; larger writes are split.
 pub const MAX_DATA_FRAME: usize = 64 * 1024;
@@ -260,6 +261,28 @@ impl Transport for TransportGrpc {
             .await
             .map_err(status)?;
         Ok(Response::new((&r).into()))
+    }
+
+    async fn announce(
+        &self,
+        request: Request<pb::AnnounceRequest>,
+    ) -> Result<Response<pb::AnnounceResponse>, Status> {
+        let topic = topic_from_wire(&request.into_inner().topic).map_err(status)?;
+        let stored = self.api.announce(topic).await.map_err(status)?;
+        Ok(Response::new(pb::AnnounceResponse {
+            stored: stored as u64,
+        }))
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        let topic = topic_from_wire(&request.into_inner().topic).map_err(status)?;
+        let peers = self.api.lookup(topic).await.map_err(status)?;
+        Ok(Response::new(pb::LookupResponse {
+            peers: peers.iter().map(Into::into).collect(),
+        }))
     }
 
     type OpenStreamStream = FrameStream;
@@ -551,6 +574,28 @@ impl TransportApi for RemoteTransport {
         })
         .await?
         .try_into()
+    }
+
+    async fn announce(&self, topic: NodeId) -> Result<usize> {
+        let request = pb::AnnounceRequest {
+            topic: topic.as_bytes().to_vec().into(),
+        };
+        let r = self
+            .call(request, |mut c, r| async move { c.announce(r).await })
+            .await?;
+        Ok(usize::try_from(r.stored).unwrap_or(usize::MAX))
+    }
+
+    async fn lookup(&self, topic: NodeId) -> Result<Vec<TopicPeer>> {
+        let request = pb::LookupRequest {
+            topic: topic.as_bytes().to_vec().into(),
+        };
+        self.call(request, |mut c, r| async move { c.lookup(r).await })
+            .await?
+            .peers
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
     }
 
     async fn open_stream(

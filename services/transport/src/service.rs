@@ -14,7 +14,7 @@ use tracing::debug;
 
 use crate::api::*;
 use crate::connection::{Connection, close_code};
-use crate::dht::DhtStatus;
+use crate::dht::{DhtStatus, NodeId};
 use crate::discovery::NameRecord;
 use crate::node::nat::NatStatus;
 use crate::node::{Node, PeerAddrs};
@@ -288,6 +288,24 @@ impl TransportApi for TransportService {
 
     async fn resolve_name(&self, name: String) -> Result<NameRecord> {
         Ok(self.node.resolve_name(&name).await?)
+    }
+
+    async fn announce(&self, topic: NodeId) -> Result<usize> {
+        Ok(self.node.announce_topic(topic).await?)
+    }
+
+    async fn lookup(&self, topic: NodeId) -> Result<Vec<TopicPeer>> {
+        Ok(self
+            .node
+            .lookup_topic(topic)
+            .await?
+            .into_iter()
+            .map(|r| TopicPeer {
+                peer_id: r.peer,
+                addrs: r.addrs,
+                relays: r.relays,
+            })
+            .collect())
     }
 
     async fn open_stream(

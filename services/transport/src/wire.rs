@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use kith_proto::transport::v1 as pb;
 
-use crate::api::{ApiError, NodeStatus, PeerInfo, Result};
+use crate::api::{ApiError, NodeStatus, PeerInfo, Result, TopicPeer};
 use crate::dht::{DhtStatus, NodeId};
 use crate::discovery::{IdentityId, NameRecord};
 use crate::node::nat::{Mapping, NatStatus, Observation};
@@ -302,6 +302,45 @@ impl TryFrom<pb::ResolveNameResponse> for NameRecord {
                 .nodes
                 .iter()
                 .map(|n| peer_from_wire(n, "nodes"))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+pub fn topic_from_wire(bytes: &[u8]) -> Result<NodeId> {
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| invalid("topic", "must be a 32-byte DHT key"))?;
+    Ok(NodeId::from_bytes(key))
+}
+
+impl From<&TopicPeer> for pb::TopicPeer {
+    fn from(p: &TopicPeer) -> Self {
+        Self {
+            peer_id: p.peer_id.as_bytes().to_vec().into(),
+            addrs: addrs_to_wire(&p.addrs),
+            relays: p
+                .relays
+                .iter()
+                .map(|r| r.as_bytes().to_vec().into())
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::TopicPeer> for TopicPeer {
+    type Error = ApiError;
+    fn try_from(p: pb::TopicPeer) -> Result<Self> {
+        if p.relays.len() > MAX_WIRE_ADDRS {
+            return Err(invalid("peers.relays", "too many"));
+        }
+        Ok(Self {
+            peer_id: peer_from_wire(&p.peer_id, "peers.peer_id")?,
+            addrs: addrs_from_wire(&p.addrs, "peers.addrs")?,
+            relays: p
+                .relays
+                .iter()
+                .map(|r| peer_from_wire(r, "peers.relays"))
                 .collect::<Result<_>>()?,
         })
     }

@@ -11,6 +11,7 @@ use kith_proto::transport::v1::transport_client::TransportClient as GrpcClient;
 use kith_service::{Connection, Endpoint, Listen, ServerHandle, Token};
 use kith_transport::api::{ApiError, PING_ALPN, Target};
 use kith_transport::daemon::spawn;
+use kith_transport::dht::topic_key;
 use kith_transport::node::nat::Mapping;
 use kith_transport::{
     EndpointOptions, Node, NodeConfig, PeerAddrs, PeerId, SecretKey, TransportClient,
@@ -27,16 +28,12 @@ enum Via {
 
 const ALL_VIAS: [Via; 3] = [Via::Local, Via::Unix, Via::Tcp];
 
-fn node() -> Node {
-    let config = NodeConfig {
+fn config() -> NodeConfig {
+    NodeConfig {
         endpoint: EndpointOptions::localhost(),
         connect_timeout: Duration::from_secs(2),
         ..NodeConfig::default()
-    };
-    Node::builder(SecretKey::generate(), config)
-        .unwrap()
-        .spawn()
-        .unwrap()
+    }
 }
 
 struct Served {
@@ -67,8 +64,16 @@ impl Served {
 }
 
 async fn serve(via: Via) -> Served {
+    serve_with(via, config()).await
+}
+
+async fn serve_with(via: Via, config: NodeConfig) -> Served {
     let dir = tempfile::tempdir().unwrap();
-    let service = Arc::new(TransportService::new(node()).unwrap());
+    let node = Node::builder(SecretKey::generate(), config)
+        .unwrap()
+        .spawn()
+        .unwrap();
+    let service = Arc::new(TransportService::new(node).unwrap());
     let (client, server) = match via {
         Via::Local => (TransportClient::local(service.clone()), None),
         Via::Unix => {
@@ -306,6 +311,62 @@ async fn streams_cross_in_both_directions_through_the_api() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_announced_and_looked_up_everywhere() {
+    for via in ALL_VIAS {
+        let a = serve(via).await;
+        let b = serve_with(
+            via,
+            NodeConfig {
+                bootstrap: vec![a.hints().addrs[0]],
+                ..config()
+            },
+        )
+        .await;
+        // b joins the DHT off a.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while a.client.dht_status().await.unwrap().routing_table_size == 0
+            || b.client.dht_status().await.unwrap().routing_table_size == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{via:?}: no DHT contact"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let topic = topic_key(b"room secret");
+        assert!(b.client.announce(topic).await.unwrap() >= 1, "{via:?}");
+        let found = a.client.lookup(topic).await.unwrap();
+        assert_eq!(found.len(), 1, "{via:?}: {found:?}");
+        assert_eq!(found[0].peer_id, b.peer());
+        assert!(found[0].addrs.contains(&b.hints().addrs[0]), "{found:?}");
+        // Another topic finds nobody; the topic key is all the DHT saw.
+        assert!(
+            a.client
+                .lookup(topic_key(b"other room"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+    // A node without a DHT says so.
+    let lone = serve_with(
+        Via::Unix,
+        NodeConfig {
+            dht: None,
+            ..config()
+        },
+    )
+    .await;
+    let err = lone.client.announce(topic_key(b"x")).await.unwrap_err();
+    assert!(matches!(err, ApiError::FailedPrecondition(_)), "{err:?}");
+    let err = lone.client.dht_status().await.unwrap_err();
+    assert!(matches!(err, ApiError::FailedPrecondition(_)), "{err:?}");
+    lone.stop().await;
+}
+
 /// Bad stream calls on the wire: a wrong first frame, an unknown incoming stream, a bad peer
 /// id. Each is a typed error and the service goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +418,14 @@ async fn malformed_stream_calls_are_refused() {
                 addrs: vec!["not an address".into()],
                 relay: None,
             }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+
+    let status = raw
+        .lookup(pb::LookupRequest {
+            topic: vec![1u8; 31].into(),
         })
         .await
         .unwrap_err();

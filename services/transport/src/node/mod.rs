@@ -460,6 +460,36 @@ impl Node {
         self.connect(peer, addrs, alpn).await
     }
 
+    /// Announces this node under a topic's DHT key ([`crate::dht::topic_key`] of the topic's
+    /// secret, so DHT nodes cannot tell which room it is): a record signed by our key with our
+    /// addresses and relay, valid for `record_ttl`. Announcements are not renewed: call again
+    /// well before they expire. Returns how many DHT nodes stored it.
+    pub async fn announce_topic(&self, topic: NodeId) -> Result<usize, TransportError> {
+        let dht = self.dht().ok_or(TransportError::NoDht)?;
+        let addrs = self.addrs();
+        let now = unix_ms();
+        let record = PeerRecord::sign(
+            &self.inner.secret,
+            &topic,
+            addrs
+                .addrs
+                .into_iter()
+                .take(crate::dht::record::MAX_ADDRS)
+                .collect(),
+            addrs.relay.map(|r| r.peer).into_iter().collect(),
+            now,
+            now / 1000 + self.inner.config.record_ttl.as_secs(),
+        )
+        .map_err(crate::dht::DhtError::from)?;
+        Ok(dht.announce(topic, record).await?)
+    }
+
+    /// The peers announced under a topic's DHT key (verified records, newest per peer).
+    pub async fn lookup_topic(&self, topic: NodeId) -> Result<Vec<PeerRecord>, TransportError> {
+        let dht = self.dht().ok_or(TransportError::NoDht)?;
+        Ok(dht.get_peers(topic).await)
+    }
+
     /// Where the DHT says `peer` can be reached.
     pub async fn find(&self, peer: PeerId) -> Result<PeerAddrs, TransportError> {
         let unreachable = |reason: &str| TransportError::Unreachable {
