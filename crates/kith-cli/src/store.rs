@@ -18,7 +18,12 @@ use crate::output::emit;
 pub struct StoreUrl {
     /// The store's database: `sqlite://PATH` or `postgres://…` (default:
     /// sqlite://<home>/store/store.db).
-    #[arg(long = "store", global = true, env = "KITH_STORE_URL", value_name = "URL")]
+    #[arg(
+        long = "store",
+        global = true,
+        env = "KITH_STORE_URL",
+        value_name = "URL"
+    )]
     url: Option<String>,
 }
 
@@ -124,8 +129,8 @@ fn url(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<String> {
     if let Some(url) = &arg.url {
         return Ok(url.clone());
     }
-    let dir = std::path::absolute(ctx.home.service_dir("store"))
-        .context("resolve the home directory")?;
+    let dir =
+        std::path::absolute(ctx.home.service_dir("store")).context("resolve the home directory")?;
     create_private_dir(&dir)?;
     Ok(format!("sqlite://{}", dir.join("store.db").display()))
 }
@@ -142,8 +147,8 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn parse_key(hex_key: &str) -> anyhow::Result<LogKey> {
-    let bytes = hex::decode(hex_key)
-        .map_err(|e| anyhow::anyhow!("log key {hex_key:?} is not hex: {e}"))?;
+    let bytes =
+        hex::decode(hex_key).map_err(|e| anyhow::anyhow!("log key {hex_key:?} is not hex: {e}"))?;
     LogKey::from_slice(&bytes).with_context(|| format!("log key {hex_key:?}"))
 }
 
