@@ -113,11 +113,20 @@ fn redact(url: &str) -> String {
 /// Opens `url`. With `must_exist`, a SQLite file that is not there is an error rather than a new
 /// empty database.
 async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
-    if let Kind::Sqlite(path) = kind(url)?
-        && must_exist
-        && !path.is_file()
-    {
-        anyhow::bail!("no store database at {}", path.display());
+    match kind(url)? {
+        Kind::Sqlite(path) if must_exist && !path.is_file() => {
+            anyhow::bail!("no store database at {}", path.display());
+        }
+        Kind::Sqlite(_) => {}
+        Kind::Postgres => {
+            // One plain connection first: the pool retries a refused connection until its
+            // 30 s acquire timeout, and then reports the timeout instead of the reason.
+            use sqlx::Connection as _;
+            let conn = sqlx::PgConnection::connect(url)
+                .await
+                .with_context(|| format!("connect to {}", redact(url)))?;
+            conn.close().await.ok();
+        }
     }
     Store::open(url)
         .await
@@ -217,7 +226,16 @@ pub async fn run_store(ctx: &Ctx, args: StoreArgs) -> anyhow::Result<()> {
 fn same_database(a: &str, b: &str) -> anyhow::Result<bool> {
     Ok(match (kind(a)?, kind(b)?) {
         (Kind::Sqlite(pa), Kind::Sqlite(pb)) => {
-            let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            // The file may not exist yet: resolve its directory.
+            let canon = |p: &Path| match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })
+                .map_or_else(|_| p.to_path_buf(), |d| d.join(name)),
+                _ => p.to_path_buf(),
+            };
             canon(&pa) == canon(&pb)
         }
         _ => a.trim_end_matches('/') == b.trim_end_matches('/'),
