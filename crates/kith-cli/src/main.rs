@@ -9,6 +9,7 @@ mod node;
 mod output;
 mod profile;
 mod setup;
+mod store;
 mod transport;
 
 use std::path::PathBuf;
@@ -73,6 +74,10 @@ enum Command {
     /// This node's DHT.
     #[command(subcommand)]
     Dht(transport::DhtCommand),
+    /// The store's database: totals, and moving it between SQLite and PostgreSQL.
+    Store(store::StoreArgs),
+    /// Inspect and verify the signed logs in the store.
+    Log(store::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +100,8 @@ fn main() -> ExitCode {
             Command::Peer(cmd) => transport::run_peer(&ctx, cmd).await,
             Command::Nat(cmd) => transport::run_nat(&ctx, cmd).await,
             Command::Dht(cmd) => transport::run_dht(&ctx, cmd).await,
+            Command::Store(args) => store::run_store(&ctx, args).await,
+            Command::Log(args) => store::run_log(&ctx, args).await,
         }
     });
     match result {

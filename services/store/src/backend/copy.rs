@@ -17,6 +17,8 @@ const COPY_BATCH: u64 = 1024;
 pub struct CopyReport {
     pub logs: u64,
     pub entries: u64,
+    /// The copied entries' bytes.
+    pub entry_bytes: u64,
     pub fork_evidence: u64,
 }
 
@@ -46,6 +48,7 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
                     }
                     copied_any = true;
                     report.entries += to_end - at;
+                    report.entry_bytes += entries.iter().map(|e| e.len() as u64).sum::<u64>();
                     at = to_end;
                 }
             }

@@ -1,0 +1,427 @@
+//! `kith store stats|migrate` and `kith log list|show|verify`: the store's database, opened
+//! in-process (the store has no service of its own yet). The database is `--store URL`
+//! (`KITH_STORE_URL`), by default `sqlite://<home>/store/store.db`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use kith_store::backend::{CopyReport, copy_store};
+use kith_store::log::{LogKey, RangeSet};
+use kith_store::{LogInfo, Store};
+use serde_json::{Value, json};
+
+use crate::context::Ctx;
+use crate::output::emit;
+
+/// The store database to open.
+#[derive(clap::Args)]
+pub struct StoreUrl {
+    /// The store's database: `sqlite://PATH` or `postgres://…` (default:
+    /// sqlite://<home>/store/store.db).
+    #[arg(
+        long = "store",
+        global = true,
+        env = "KITH_STORE_URL",
+        value_name = "URL"
+    )]
+    url: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct StoreArgs {
+    #[command(flatten)]
+    url: StoreUrl,
+    #[command(subcommand)]
+    command: StoreCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum StoreCommand {
+    /// Totals over the whole store.
+    Stats,
+    /// Copy every log from one database to another (e.g. SQLite to PostgreSQL), verifying every
+    /// entry on the way in and every log afterwards.
+    Migrate {
+        /// The database to copy from (it must exist).
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// The database to copy into (a SQLite file is created if missing).
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct LogArgs {
+    #[command(flatten)]
+    url: StoreUrl,
+    #[command(subcommand)]
+    command: LogCommand,
+}
+
+#[derive(clap::Subcommand)]
+pub enum LogCommand {
+    /// Every log: key, length, bytes, held entries, forked.
+    List,
+    /// One log: its signed root, held ranges and fork evidence.
+    Show {
+        /// The log's key (its writer's public key, 64 hex).
+        key: String,
+    },
+    /// Check logs against their signed roots (every held entry through a proof); fails naming
+    /// the first log that does not verify.
+    Verify {
+        /// Only this log (64 hex); default every log.
+        key: Option<String>,
+    },
+}
+
+/// What kind of database a URL names, checked before anything is opened or created.
+enum Kind {
+    Sqlite(PathBuf),
+    Postgres,
+}
+
+fn kind(url: &str) -> anyhow::Result<Kind> {
+    if let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        let path = rest.split('?').next().unwrap_or_default();
+        if path.is_empty() || path.contains(":memory:") {
+            anyhow::bail!("{url}: expected sqlite://PATH to a database file");
+        }
+        Ok(Kind::Sqlite(PathBuf::from(path)))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Kind::Postgres)
+    } else {
+        anyhow::bail!("unsupported store URL {url:?}: expected sqlite://PATH or postgres://…")
+    }
+}
+
+/// `url` without a password, for messages.
+fn redact(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_owned()
+}
+
+/// Opens `url`. With `must_exist`, a SQLite file that is not there is an error rather than a new
+/// empty database.
+async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
+    match kind(url)? {
+        Kind::Sqlite(path) if must_exist && !path.is_file() => {
+            anyhow::bail!("no store database at {}", path.display());
+        }
+        Kind::Sqlite(_) => {}
+        Kind::Postgres => {
+            // One plain connection first: the pool retries a refused connection until its
+            // 30 s acquire timeout, and then reports the timeout instead of the reason.
+            use sqlx::Connection as _;
+            let conn = sqlx::PgConnection::connect(url)
+                .await
+                .with_context(|| format!("connect to {}", redact(url)))?;
+            conn.close().await.ok();
+        }
+    }
+    Store::open(url)
+        .await
+        .with_context(|| format!("open the store at {}", redact(url)))
+}
+
+/// The URL the commands use: `--store`, else the home's SQLite database (its dir created 0700).
+fn url(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<String> {
+    if let Some(url) = &arg.url {
+        return Ok(url.clone());
+    }
+    let dir =
+        std::path::absolute(ctx.home.service_dir("store")).context("resolve the home directory")?;
+    create_private_dir(&dir)?;
+    Ok(format!("sqlite://{}", dir.join("store.db").display()))
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restrict {}", dir.display()))
+}
+
+fn parse_key(hex_key: &str) -> anyhow::Result<LogKey> {
+    let bytes =
+        hex::decode(hex_key).map_err(|e| anyhow::anyhow!("log key {hex_key:?} is not hex: {e}"))?;
+    LogKey::from_slice(&bytes).with_context(|| format!("log key {hex_key:?}"))
+}
+
+fn ranges_json(held: &RangeSet) -> Value {
+    Value::Array(held.iter().map(|(s, e)| json!([s, e])).collect())
+}
+
+fn ranges_text(held: &RangeSet) -> String {
+    let parts: Vec<String> = held.iter().map(|(s, e)| format!("{s}..{e}")).collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+fn log_json(info: &LogInfo, held: &RangeSet) -> Value {
+    json!({
+        "key": info.key.to_string(),
+        "length": info.length,
+        "byte_length": info.byte_length,
+        "held_entries": info.held_entries,
+        "held": ranges_json(held),
+        "forked": info.forked,
+        "root_hash": info.root.map(|r| hex::encode(r.hash())),
+    })
+}
+
+fn log_line(info: &LogInfo, held: &RangeSet) -> String {
+    format!(
+        "{}  length {}  {} bytes  held {}{}",
+        info.key,
+        info.length,
+        info.byte_length,
+        ranges_text(held),
+        if info.forked { "  FORKED" } else { "" }
+    )
+}
+
+pub async fn run_store(ctx: &Ctx, args: StoreArgs) -> anyhow::Result<()> {
+    match args.command {
+        StoreCommand::Stats => {
+            let store = open(&url(ctx, &args.url)?, false).await?;
+            let stats = store.stats().await?;
+            store.close().await;
+            emit(ctx.json, serde_json::to_value(&stats)?, || {
+                format!(
+                    "backend: {}\nlogs: {} ({} forked)\nentries: {} ({} bytes)\ntree nodes: {}\n\
+                     fork evidence: {}",
+                    stats.backend,
+                    stats.logs,
+                    stats.forked_logs,
+                    stats.entries,
+                    stats.entry_bytes,
+                    stats.nodes,
+                    stats.fork_evidence
+                )
+            });
+        }
+        StoreCommand::Migrate { from, to } => migrate(ctx, &from, &to).await?,
+    }
+    Ok(())
+}
+
+/// Whether two URLs name the same database (same string, or the same SQLite file).
+fn same_database(a: &str, b: &str) -> anyhow::Result<bool> {
+    Ok(match (kind(a)?, kind(b)?) {
+        (Kind::Sqlite(pa), Kind::Sqlite(pb)) => {
+            // The file may not exist yet: resolve its directory.
+            let canon = |p: &Path| match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                })
+                .map_or_else(|_| p.to_path_buf(), |d| d.join(name)),
+                _ => p.to_path_buf(),
+            };
+            canon(&pa) == canon(&pb)
+        }
+        _ => a.trim_end_matches('/') == b.trim_end_matches('/'),
+    })
+}
+
+async fn migrate(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<()> {
+    if same_database(from, to)? {
+        anyhow::bail!("--from and --to are the same database ({})", redact(from));
+    }
+    let source = open(from, true).await?;
+    let dest = match open(to, false).await {
+        Ok(dest) => dest,
+        Err(e) => {
+            source.close().await;
+            return Err(e);
+        }
+    };
+    let copied: anyhow::Result<(CopyReport, u64)> = async {
+        let report = copy_store(&source, &dest)
+            .await
+            .with_context(|| format!("copy {} to {}", redact(from), redact(to)))?;
+        let mut verified = 0;
+        for info in dest.list_logs().await? {
+            dest.verify_log(&info.key)
+                .await
+                .with_context(|| format!("log {} does not verify after the copy", info.key))?;
+            verified += 1;
+        }
+        Ok((report, verified))
+    }
+    .await;
+    source.close().await;
+    dest.close().await;
+    let (report, verified) = copied?;
+    emit(
+        ctx.json,
+        json!({
+            "from": redact(from),
+            "to": redact(to),
+            "logs": report.logs,
+            "entries": report.entries,
+            "entry_bytes": report.entry_bytes,
+            "fork_evidence": report.fork_evidence,
+            "verified_logs": verified,
+        }),
+        || {
+            format!(
+                "copied {} logs, {} entries ({} bytes), {} fork evidence\nverified {} logs in {}",
+                report.logs,
+                report.entries,
+                report.entry_bytes,
+                report.fork_evidence,
+                verified,
+                redact(to)
+            )
+        },
+    );
+    Ok(())
+}
+
+pub async fn run_log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
+    // Keys are checked before the database is opened: a typo creates nothing.
+    let key = match &args.command {
+        LogCommand::Show { key } => Some(parse_key(key)?),
+        LogCommand::Verify { key } => key.as_deref().map(parse_key).transpose()?,
+        LogCommand::List => None,
+    };
+    let store = open(&url(ctx, &args.url)?, false).await?;
+    let result = run_log_on(ctx, &store, args.command, key).await;
+    store.close().await;
+    result
+}
+
+async fn run_log_on(
+    ctx: &Ctx,
+    store: &Store,
+    command: LogCommand,
+    key: Option<LogKey>,
+) -> anyhow::Result<()> {
+    match command {
+        LogCommand::List => {
+            let mut logs = Vec::new();
+            for info in store.list_logs().await? {
+                let held = store.held(&info.key).await?;
+                logs.push((info, held));
+            }
+            emit(
+                ctx.json,
+                json!({ "logs": logs.iter().map(|(i, h)| log_json(i, h)).collect::<Vec<_>>() }),
+                || {
+                    if logs.is_empty() {
+                        "no logs".into()
+                    } else {
+                        logs.iter()
+                            .map(|(i, h)| log_line(i, h))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                },
+            );
+        }
+        LogCommand::Show { .. } => {
+            let key = key.expect("parsed above");
+            let info = store.log_info(&key).await?;
+            let held = store.held(&key).await?;
+            let evidence = store.fork_evidence(&key).await?.len();
+            let mut value = log_json(&info, &held);
+            value["fork_evidence"] = json!(evidence);
+            emit(ctx.json, value, || {
+                format!(
+                    "log: {}\nlength: {} ({} bytes)\nroot: {}\nheld: {} entries: {}\nforked: {}\n\
+                     fork evidence: {}",
+                    info.key,
+                    info.length,
+                    info.byte_length,
+                    info.root
+                        .map_or_else(|| "none".into(), |r| hex::encode(r.hash())),
+                    info.held_entries,
+                    ranges_text(&held),
+                    if info.forked { "yes" } else { "no" },
+                    evidence
+                )
+            });
+        }
+        LogCommand::Verify { .. } => {
+            let keys = match key {
+                Some(key) => {
+                    // A log that is not there is an error, not a vacuous success.
+                    store.log_info(&key).await?;
+                    vec![key]
+                }
+                None => store
+                    .list_logs()
+                    .await?
+                    .into_iter()
+                    .map(|i| i.key)
+                    .collect(),
+            };
+            let mut results = Vec::new();
+            let mut failed = Vec::new();
+            for key in keys {
+                match store.verify_log(&key).await {
+                    Ok(report) => results.push(json!({
+                        "key": key.to_string(),
+                        "ok": true,
+                        "length": report.length,
+                        "held_entries": report.held_entries,
+                    })),
+                    Err(e) => {
+                        results.push(json!({
+                            "key": key.to_string(),
+                            "ok": false,
+                            "error": e.to_string(),
+                        }));
+                        failed.push((key, e));
+                    }
+                }
+            }
+            emit(ctx.json, json!({ "logs": results }), || {
+                results
+                    .iter()
+                    .map(|r| match r["ok"].as_bool() {
+                        Some(true) => format!(
+                            "ok      {}  {} of {} entries",
+                            r["key"].as_str().unwrap_or_default(),
+                            r["held_entries"],
+                            r["length"]
+                        ),
+                        _ => format!(
+                            "FAILED  {}  {}",
+                            r["key"].as_str().unwrap_or_default(),
+                            r["error"].as_str().unwrap_or_default()
+                        ),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            if let Some((key, error)) = failed.first() {
+                let others = match failed.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                };
+                anyhow::bail!("log {key} failed verification{others}: {error}");
+            }
+        }
+    }
+    Ok(())
+}
