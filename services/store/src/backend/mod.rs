@@ -260,6 +260,23 @@ fn node_from_row(hash: Vec<u8>, size: i64) -> Result<Node, StoreError> {
     })
 }
 
+/// How long [`Store::open`] retries an open that SQLite answered with `SQLITE_BUSY`.
+pub const OPEN_BUSY_RETRY: Duration = Duration::from_secs(30);
+
+/// Whether `error` is SQLite's `SQLITE_BUSY` / `SQLITE_LOCKED` (the database file is in use).
+fn is_busy(error: &StoreError) -> bool {
+    match error {
+        StoreError::Database(sqlx::Error::Database(db)) => {
+            // Primary result codes 5 (BUSY) and 6 (LOCKED); extended codes keep them in the
+            // low byte.
+            db.code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
 /// The SQLite connection options [`Store::open`] uses for `url`: WAL, `synchronous=FULL`, foreign
 /// keys, a 30 s busy timeout, created if missing. Public so that tools and benchmarks that must
 /// match the store's settings use exactly these.
@@ -304,7 +321,33 @@ impl Store {
     ///
     /// `sqlite://path` (or `sqlite:path`) is a file, created if missing; `postgres://…` or
     /// `postgresql://…` a server database (which must exist).
+    ///
+    /// Several processes (or stores in one process) may open a fresh SQLite file at once: its
+    /// switch to WAL and the first migration need the file to themselves, and SQLite answers
+    /// `SQLITE_BUSY` at once (no busy wait) where two connections would otherwise deadlock.
+    /// Such an open is retried, with backoff, for up to [`OPEN_BUSY_RETRY`].
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match Self::open_once(url).await {
+                Err(error) if is_busy(&error) && started.elapsed() < OPEN_BUSY_RETRY => {
+                    tracing::debug!(%error, "store database busy while opening; retrying");
+                    tokio::time::sleep(
+                        delay
+                            + Duration::from_millis(
+                                rand_core::RngCore::next_u64(&mut rand_core::OsRng) % 10,
+                            ),
+                    )
+                    .await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn open_once(url: &str) -> Result<Store, StoreError> {
         let db = if url.starts_with("sqlite:") {
             let options = sqlite_connect_options(url)?;
             // An in-memory database exists once per connection: keep one.
