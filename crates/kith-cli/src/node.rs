@@ -16,6 +16,8 @@ use crate::output::emit;
 use crate::setup::{options, print_created};
 use crate::transport::RunningTransport;
 
+// Parsed once per process: the size of `Up` costs nothing worth boxing.
+#[allow(clippy::large_enum_variant)]
 #[derive(clap::Subcommand)]
 pub enum NodeCommand {
     /// Run every service in this process on the home's Unix sockets (creates an identity first
@@ -26,6 +28,8 @@ pub enum NodeCommand {
         #[command(flatten)]
         transport: NodeArgs,
     },
+    /// The running node's transport: peer id, addresses, relays, NAT, DHT, protocols.
+    Status,
 }
 
 #[derive(clap::Subcommand)]
@@ -138,11 +142,14 @@ async fn serve_until_signal(ctx: &Ctx, running: Vec<(&'static str, Running)>, id
 }
 
 pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
+    let (identity_args, node_args) = match cmd {
+        NodeCommand::Status => return crate::transport::run_status(ctx).await,
+        NodeCommand::Up {
+            identity,
+            transport,
+        } => (identity, transport),
+    };
     kith_service::init_tracing("warn");
-    let NodeCommand::Up {
-        identity: identity_args,
-        transport: node_args,
-    } = cmd;
     let identity = Arc::new(open_identity(ctx, true).await?);
     let id = identity.show().await?.id;
     let listen = identity_args.listeners(&ctx.home)?;

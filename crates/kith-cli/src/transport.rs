@@ -133,6 +133,45 @@ pub async fn run_peer(ctx: &Ctx, cmd: PeerCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn run_status(ctx: &Ctx) -> anyhow::Result<()> {
+    let status = client(ctx)?.status().await?;
+    let value = serde_json::to_value(&status)?;
+    emit(ctx.json, value.clone(), || {
+        let list = |items: Vec<String>| {
+            if items.is_empty() {
+                "-".to_owned()
+            } else {
+                items.join(", ")
+            }
+        };
+        let mut out = format!(
+            "peer id:    {}\nudp:        {}\ncandidates: {}\nrelays:     {}\nrelaying:   {}\nnat:        {}",
+            status.peer_id,
+            status.local_addr,
+            list(status.candidates.iter().map(ToString::to_string).collect()),
+            list(
+                status
+                    .relays
+                    .iter()
+                    .map(|r| format!("{}@{}", r.peer, r.addr))
+                    .collect()
+            ),
+            if status.relaying { "yes" } else { "no" },
+            value["nat"]["mapping"].as_str().unwrap_or("?"),
+        );
+        match &status.dht {
+            Some(dht) => out.push_str(&format!(
+                "\ndht:        {} contacts, {} records",
+                dht.routing_table_size, dht.records_stored
+            )),
+            None => out.push_str("\ndht:        off"),
+        }
+        out.push_str(&format!("\nprotocols:  {}", list(status.protocols.clone())));
+        out
+    });
+    Ok(())
+}
+
 pub async fn run_nat(ctx: &Ctx, NatCommand::Status: NatCommand) -> anyhow::Result<()> {
     let nat = client(ctx)?.nat_status().await?;
     let value = serde_json::to_value(&nat)?;

@@ -730,6 +730,22 @@ fn two_nodes_connect_and_show_their_peers_nat_and_dht() {
         ready_a["transport"]["peer_id"]
     );
 
+    let status = kith(&home_a, &["--json", "node", "status"]).json();
+    assert_eq!(status["peer_id"], ready_a["transport"]["peer_id"]);
+    assert_eq!(status["local_addr"], ready_a["transport"]["udp"]);
+    assert!(
+        status["protocols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "kith/ping/1"),
+        "{status}"
+    );
+    assert!(
+        kith(&home_a, &["node", "status"])
+            .stdout
+            .contains("peer id:")
+    );
     let nat = kith(&home_a, &["--json", "nat", "status"]).json();
     assert_eq!(nat["mapping"], "unknown");
     let dht = kith(&home_a, &["--json", "dht", "status"]).json();
