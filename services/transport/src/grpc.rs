@@ -23,7 +23,6 @@ use kith_proto::transport::v1::transport_server::{Transport, TransportServer};
 use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError, call_with_reconnect};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
 use tonic::{Request, Response, Status, Streaming};
@@ -42,6 +41,8 @@ use crate::wire::{peer_from_wire, topic_from_wire};
 pub const MAX_DATA_FRAME: usize = 64 * 1024;
 /// Incoming streams announced by `Listen` and not yet taken by `AcceptStream`, at most.
 pub const MAX_PENDING_STREAMS: usize = 256;
+/// How long a stream call stays up after its reader was dropped, for writes still in flight.
+pub const DRAIN_AFTER_DROP: Duration = Duration::from_secs(60);
 /// How long an announced stream waits for `AcceptStream` before it is dropped.
 pub const PENDING_STREAM_TTL: Duration = Duration::from_secs(30);
 
@@ -121,7 +122,7 @@ fn pump(stream: PeerStream, mut requests: Streaming<pb::StreamFrame>) -> FrameSt
     let PeerStream {
         mut send, mut recv, ..
     } = stream;
-    tokio::spawn(async move {
+    let requests_done = tokio::spawn(async move {
         let mut finished = false;
         // Read the request stream to its end (a half-read HTTP/2 body would be reset).
         loop {
@@ -171,13 +172,23 @@ fn pump(stream: PeerStream, mut requests: Streaming<pb::StreamFrame>) -> FrameSt
                 },
                 _ = tx.closed() => return,
             };
-            let end = !matches!(
+            let finish = matches!(
                 item,
                 Ok(pb::StreamFrame {
-                    frame: Some(Frame::Data(_))
+                    frame: Some(Frame::Finish(_))
                 })
             );
-            if tx.send(item).await.is_err() || end {
+            let error = item.is_err();
+            if tx.send(item).await.is_err() || error {
+                return;
+            }
+            if finish {
+                // End the call only once the caller's direction is done too: ending it earlier
+                // lets HTTP/2 reset the stream and drop request data still in flight.
+                tokio::select! {
+                    _ = requests_done => {}
+                    _ = tx.closed() => {}
+                }
                 return;
             }
         }
@@ -435,18 +446,51 @@ impl RemoteTransport {
             }
             Err(s) => return Err(ApiError::from_status(&s)),
         };
-        let reader = responses.map_while(|item| match item {
-            Ok(pb::StreamFrame {
-                frame: Some(Frame::Data(data)),
-            }) => Some(Ok(data)),
-            Ok(pb::StreamFrame {
-                frame: Some(Frame::Finish(_)),
-            }) => None,
-            Ok(_) => Some(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "unexpected frame on an open stream",
-            ))),
-            Err(s) => Some(Err(io::Error::other(ApiError::from_status(&s)))),
+        // The call is driven by a task of its own, not by the reader: dropping a bidirectional
+        // call's response resets the HTTP/2 stream and loses request data still in flight, so
+        // the task reads the response to its end (the service ends it once both directions are
+        // done), handing data to the reader while there is one.
+        let (data_tx, data_rx) = mpsc::channel::<io::Result<Bytes>>(16);
+        tokio::spawn(async move {
+            let mut reader = Some(data_tx);
+            let mut deadline: Option<tokio::time::Instant> = None;
+            loop {
+                let next = match deadline {
+                    Some(at) => match tokio::time::timeout_at(at, responses.message()).await {
+                        Ok(next) => next,
+                        Err(_) => return,
+                    },
+                    None => responses.message().await,
+                };
+                let item = match next {
+                    Ok(Some(pb::StreamFrame {
+                        frame: Some(Frame::Data(data)),
+                    })) => Ok(data),
+                    Ok(Some(pb::StreamFrame {
+                        frame: Some(Frame::Finish(_)),
+                    })) => {
+                        reader = None;
+                        continue;
+                    }
+                    Ok(None) => return,
+                    Ok(Some(_)) => Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unexpected frame on an open stream",
+                    )),
+                    Err(s) => Err(io::Error::other(ApiError::from_status(&s))),
+                };
+                let error = item.is_err();
+                if let Some(tx) = &reader
+                    && tx.send(item).await.is_err()
+                {
+                    // The reader is gone: keep the call up a while for our writes in flight.
+                    reader = None;
+                    deadline.get_or_insert(tokio::time::Instant::now() + DRAIN_AFTER_DROP);
+                }
+                if error {
+                    return;
+                }
+            }
         });
         Ok(PeerStream {
             peer,
@@ -455,7 +499,9 @@ impl RemoteTransport {
                 tx: PollSender::new(tx),
                 finished: false,
             }),
-            recv: Box::new(tokio_util::io::StreamReader::new(Box::pin(reader))),
+            recv: Box::new(tokio_util::io::StreamReader::new(ReceiverStream::new(
+                data_rx,
+            ))),
         })
     }
 }

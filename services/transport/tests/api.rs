@@ -107,6 +107,7 @@ async fn serve_with(via: Via, config: NodeConfig) -> Served {
 async fn echo_server(mut listener: kith_transport::api::Listener) {
     while let Some(mut stream) = listener.accept().await {
         tokio::spawn(async move {
+            // Shut down and drop at once: what was written must still arrive.
             let _ = tokio::io::copy(&mut stream.recv, &mut stream.send).await;
             let _ = stream.send.shutdown().await;
         });
@@ -247,6 +248,7 @@ async fn streams_cross_in_both_directions_through_the_api() {
                 s.send.shutdown().await.unwrap();
                 let mut got = Vec::new();
                 s.recv.read_to_end(&mut got).await.unwrap();
+                assert_eq!(got.len(), msg.len(), "{via:?} stream {i}");
                 assert_eq!(got, msg);
             }));
         }
