@@ -3,10 +3,8 @@
 //! server started once (`services/store/tests/pg-server.sh`), a fresh database per use. Without
 //! PostgreSQL the tests that need it fail with the reason; they never skip.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use kith_store::Store;
 use kith_store::log::{Ed25519Signer, LogKey};
@@ -367,107 +365,15 @@ fn bad_urls_and_keys_are_one_error_line_and_create_nothing() {
     assert!(!home.exists(), "a refused command created the home");
 }
 
-// PostgreSQL, as in services/store/tests/common: the same server for the whole process.
-
-/// A fresh, empty database on the test server.
+/// A fresh, empty database on the test PostgreSQL server (kith-store's test support).
 async fn postgres() -> String {
-    let admin = pg_admin_url().unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is required for the store CLI tests and could not be had: {e}\n\
-             set KITH_TEST_PG_URL=postgres://… to a server this user may create databases on, \
-             or install PostgreSQL (initdb, pg_ctl) so the tests can start one"
-        )
-    });
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!(
-        "kith_cli_test_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin)
+    kith_store::testing::fresh_postgres_database("kith_cli_test")
         .await
-        .unwrap_or_else(|e| panic!("connect to test PostgreSQL at {admin}: {e}"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| panic!("create database {name}: {e}"));
-    conn.close().await.ok();
-    with_database(&admin, &name)
-}
-
-/// `admin` with its database name replaced by `db`.
-fn with_database(admin: &str, db: &str) -> String {
-    let (base, query) = match admin.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (admin, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{db}?{q}"),
-        None => format!("{base}/{db}"),
-    }
-}
-
-fn pg_admin_url() -> Result<String, String> {
-    static URL: OnceLock<Result<String, String>> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("KITH_TEST_PG_URL")
-            && !url.is_empty()
-        {
-            return Ok(url);
-        }
-        start_throwaway_server()
-    })
-    .clone()
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../services/store/tests/pg-server.sh")
-}
-
-/// Starts a server in a new temp dir, and a watchdog that stops it once this process has exited.
-fn start_throwaway_server() -> Result<String, String> {
-    let dir = tempfile::Builder::new()
-        .prefix("kith-pg-")
-        .tempdir()
-        .map_err(|e| format!("temp dir: {e}"))?
-        .keep();
-    let out = Command::new("bash")
-        .arg(script())
-        .arg("start")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("run {}: {e}", script().display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} start failed: {}",
-            script().display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let watchdog = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; exec bash '{script}' stop '{dir}'",
-        pid = std::process::id(),
-        script = script().display(),
-        dir = dir.display()
-    );
-    Command::new("sh")
-        .arg("-c")
-        .arg(watchdog)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("spawn the server's watchdog: {e}"))?;
-    Ok(url)
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is required for the store CLI tests and could not be had: {e}\n\
+                 set KITH_TEST_PG_URL=postgres://… to a server this user may create databases \
+                 on, or install PostgreSQL (initdb, pg_ctl) so the tests can start one"
+            )
+        })
 }

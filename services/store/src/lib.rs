@@ -21,6 +21,8 @@
 pub mod backend;
 pub mod error;
 pub mod log;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use backend::{LogInfo, PutOutcome, Stats, Store};
 pub use error::StoreError;

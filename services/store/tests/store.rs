@@ -57,7 +57,7 @@ async fn snapshot(store: &Store) -> (Stats, Vec<LogInfo>) {
 
 #[test]
 fn database_names_are_replaced_in_urls() {
-    use common::with_database;
+    use kith_store::testing::with_database;
     assert_eq!(
         with_database("postgres://u@127.0.0.1:5/postgres", "x"),
         "postgres://u@127.0.0.1:5/x"
