@@ -56,4 +56,40 @@ impl Home {
     pub fn cookie(&self, service: &str) -> PathBuf {
         self.run_dir().join(format!("{service}.cookie"))
     }
+
+    /// The listeners of `service`: `listen` as given, or the home's `run/<service>.sock` when
+    /// empty. TCP listeners share one bearer token, from `token_file` or the home's
+    /// `run/<service>.cookie`, created (0600) if missing.
+    pub fn listeners(
+        &self,
+        service: &str,
+        listen: &[crate::Endpoint],
+        token_file: Option<&Path>,
+    ) -> Result<Vec<crate::Listen>, crate::CookieError> {
+        let endpoints = if listen.is_empty() {
+            vec![crate::Endpoint::Unix(self.socket(service))]
+        } else {
+            listen.to_vec()
+        };
+        let mut token: Option<crate::Token> = None;
+        endpoints
+            .into_iter()
+            .map(|endpoint| match endpoint {
+                crate::Endpoint::Unix(path) => Ok(crate::Listen::Unix(path)),
+                crate::Endpoint::Tcp(addr) => {
+                    let token = match &token {
+                        Some(token) => token.clone(),
+                        None => {
+                            let path =
+                                token_file.map_or_else(|| self.cookie(service), Path::to_path_buf);
+                            token
+                                .insert(crate::Token::load_or_create_cookie(&path)?)
+                                .clone()
+                        }
+                    };
+                    Ok(crate::Listen::Tcp { addr, token })
+                }
+            })
+            .collect()
+    }
 }

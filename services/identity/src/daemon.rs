@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use kith_service::{Endpoint, Home, Listen, ServeError, ServerHandle, ServiceServer, Token};
+use kith_service::{Endpoint, Home, Listen, ServeError, ServerHandle, ServiceServer};
 
 use crate::api::IdentityApi;
 use crate::grpc::grpc_service;
@@ -28,31 +28,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Resolves the listeners, creating the TCP cookie if needed.
     pub fn listeners(&self, home: &Home) -> Result<Vec<Listen>, kith_service::CookieError> {
-        let endpoints = if self.listen.is_empty() {
-            vec![Endpoint::Unix(home.socket(SERVICE))]
-        } else {
-            self.listen.clone()
-        };
-        let mut token = None;
-        endpoints
-            .into_iter()
-            .map(|endpoint| match endpoint {
-                Endpoint::Unix(path) => Ok(Listen::Unix(path)),
-                Endpoint::Tcp(addr) => {
-                    if token.is_none() {
-                        let path = self
-                            .token_file
-                            .clone()
-                            .unwrap_or_else(|| home.cookie(SERVICE));
-                        token = Some(Token::load_or_create_cookie(&path)?);
-                    }
-                    Ok(Listen::Tcp {
-                        addr,
-                        token: token.clone().expect("set above"),
-                    })
-                }
-            })
-            .collect()
+        home.listeners(SERVICE, &self.listen, self.token_file.as_deref())
     }
 }
 

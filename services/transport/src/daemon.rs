@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use kith_service::{Endpoint, Home, Listen, ServeError, ServerHandle, ServiceServer, Token};
+use kith_service::{Endpoint, Home, Listen, ServeError, ServerHandle, ServiceServer};
 
 use crate::api::TransportApi;
 use crate::discovery::{DnsConfig, MdnsConfig};
@@ -41,31 +41,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Resolves the listeners, creating the TCP cookie if needed.
     pub fn listeners(&self, home: &Home) -> Result<Vec<Listen>, kith_service::CookieError> {
-        let endpoints = if self.listen.is_empty() {
-            vec![Endpoint::Unix(home.socket(SERVICE))]
-        } else {
-            self.listen.clone()
-        };
-        let mut token: Option<Token> = None;
-        endpoints
-            .into_iter()
-            .map(|endpoint| match endpoint {
-                Endpoint::Unix(path) => Ok(Listen::Unix(path)),
-                Endpoint::Tcp(addr) => {
-                    let token = match &token {
-                        Some(token) => token.clone(),
-                        None => {
-                            let path = self
-                                .token_file
-                                .clone()
-                                .unwrap_or_else(|| home.cookie(SERVICE));
-                            token.insert(Token::load_or_create_cookie(&path)?).clone()
-                        }
-                    };
-                    Ok(Listen::Tcp { addr, token })
-                }
-            })
-            .collect()
+        home.listeners(SERVICE, &self.listen, self.token_file.as_deref())
     }
 }
 
