@@ -10,6 +10,8 @@ mod output;
 mod profile;
 mod setup;
 mod store;
+#[allow(dead_code)] // used by `kith serve store` (being wired)
+mod store_net;
 mod transport;
 
 use std::path::PathBuf;

@@ -81,6 +81,15 @@ pub enum StoreError {
     #[error("corrupt store: {0}")]
     Corrupt(String),
 
+    /// Reaching a peer failed (no route, the transport refused, the stream broke).
+    #[error("network: {0}")]
+    Network(String),
+
+    /// A peer broke the wire protocol (a malformed or oversized message, a reply to nothing).
+    /// The session with it ends; nothing it sent is stored.
+    #[error("protocol: {0}")]
+    Protocol(String),
+
     /// The database failed (I/O, full disk, lost connection, ...).
     #[error("database")]
     Database(#[from] sqlx::Error),
@@ -108,6 +117,8 @@ impl StoreError {
             StoreError::InvalidUrl(_) => "invalid_url",
             StoreError::Schema(_) => "schema",
             StoreError::Corrupt(_) => "corrupt",
+            StoreError::Network(_) => "network",
+            StoreError::Protocol(_) => "protocol",
             StoreError::Database(_) => "database",
         }
     }

@@ -13,6 +13,9 @@
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
 //!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
+//! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer
+//!   by protocol, listen, announce and look up topics), so it depends on no transport; the
+//!   `kith` binary implements it over the transport service.
 //! - [`error`]: the one error type, [`StoreError`].
 //!
 //! Replication over the transport, mirrors, mailboxes, files, the gRPC API and the binary are
@@ -21,6 +24,7 @@
 pub mod backend;
 pub mod error;
 pub mod log;
+pub mod net;
 #[cfg(feature = "testing")]
 pub mod testing;
 
