@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "kith/common/v1/common.proto",
     "kith/identity/v1/identity.proto",
     "kith/transport/v1/transport.proto",
+    "kith/store/v1/store.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

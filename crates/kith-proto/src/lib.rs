@@ -29,3 +29,9 @@ pub mod transport {
         tonic::include_proto!("kith.transport.v1");
     }
 }
+
+pub mod store {
+    pub mod v1 {
+        tonic::include_proto!("kith.store.v1");
+    }
+}

@@ -90,6 +90,14 @@ pub enum StoreError {
     #[error("protocol: {0}")]
     Protocol(String),
 
+    /// A mailbox (or the node's mailbox quota) is full, or a record is too large.
+    #[error("mailbox: {0}")]
+    MailboxFull(String),
+
+    /// A peer refused a request; its reason.
+    #[error("peer refused: {0}")]
+    Remote(String),
+
     /// The database failed (I/O, full disk, lost connection, ...).
     #[error("database")]
     Database(#[from] sqlx::Error),
@@ -119,6 +127,8 @@ impl StoreError {
             StoreError::Corrupt(_) => "corrupt",
             StoreError::Network(_) => "network",
             StoreError::Protocol(_) => "protocol",
+            StoreError::MailboxFull(_) => "mailbox_full",
+            StoreError::Remote(_) => "remote",
             StoreError::Database(_) => "database",
         }
     }

@@ -13,20 +13,31 @@
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
 //!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
+//! - [`mailbox`]: small encrypted records kept for an offline recipient (48 h by default), read
+//!   and removed only with the recipient's signature; their protocol `kith/mailbox/1`.
 //! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer
 //!   by protocol, listen, announce and look up topics), so it depends on no transport; the
 //!   `kith` binary implements it over the transport service.
 //! - [`error`]: the one error type, [`StoreError`].
 //!
-//! Replication over the transport, mirrors, mailboxes, files, the gRPC API and the binary are
-//! still to come.
+//! - [`api`], [`service`], [`grpc`], [`daemon`]: the service — [`StoreApi`] in-process
+//!   ([`StoreService`]: writer logs signed with the identity's delegated keys through
+//!   [`NodeKeys`], mailboxes served on the network) and over gRPC (`kith.store.v1.Store`), and
+//!   the server options of `kith serve store`.
 
+pub mod api;
 pub mod backend;
+pub mod daemon;
 pub mod error;
+pub mod grpc;
 pub mod log;
+pub mod mailbox;
 pub mod net;
+pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use api::{ApiError, StoreApi, StoreClient};
 pub use backend::{LogInfo, PutOutcome, Stats, Store};
 pub use error::StoreError;
+pub use service::{NodeKeys, StoreConfig, StoreService};

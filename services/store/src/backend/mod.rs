@@ -1274,3 +1274,6 @@ impl Store {
         })
     }
 }
+
+mod mailbox;
+pub use mailbox::MailboxStats;

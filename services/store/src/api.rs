@@ -1,0 +1,150 @@
+//! The store service's API: one trait, [`StoreApi`], implemented in-process by
+//! [`crate::service::StoreService`] and remotely by [`crate::grpc::RemoteStore`]; callers hold a
+//! [`StoreClient`] and cannot tell which. Errors are one typed enum, [`ApiError`], the same
+//! locally and over gRPC.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::backend::{LogInfo, MailboxStats, Stats, VerifyReport};
+use crate::error::StoreError;
+use crate::log::LogKey;
+use crate::mailbox::{Deposited, MailboxKey, Record};
+use crate::net::PeerId;
+
+kith_service::service_error! {
+    /// Everything a store API call can fail with, for local and remote callers alike.
+    pub enum ApiError {
+        /// A request field is malformed (key, name, sizes, ...).
+        InvalidArgument => (InvalidArgument, "invalid_argument"),
+        /// No such log (or entry).
+        NotFound => (NotFound, "not_found"),
+        /// Data failed verification (a signature, a proof, fork evidence).
+        BadData => (InvalidArgument, "bad_data"),
+        /// The log is forked; it takes no more entries.
+        Forked => (FailedPrecondition, "forked"),
+        /// A mailbox or a quota is full, or an entry or record is too large.
+        Full => (ResourceExhausted, "full"),
+        /// The node runs without a network (no transport), or the store is not set up for it.
+        FailedPrecondition => (FailedPrecondition, "failed_precondition"),
+        /// A peer could not be reached, or refused.
+        Unreachable => (Unavailable, "unreachable"),
+        /// The database failed (full disk, lost connection): nothing was changed.
+        Storage => (Unavailable, "storage"),
+    }
+}
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let message = error_chain(&error);
+        match error {
+            StoreError::InvalidKey(_)
+            | StoreError::Malformed(_)
+            | StoreError::OutOfRange
+            | StoreError::WrongLog { .. }
+            | StoreError::WrongSigner
+            | StoreError::StaleRoot { .. } => ApiError::InvalidArgument(message),
+            StoreError::BadSignature | StoreError::BadProof | StoreError::Protocol(_) => {
+                ApiError::BadData(message)
+            }
+            StoreError::NotHeld { .. }
+            | StoreError::EntryNotHeld { .. }
+            | StoreError::LogNotFound { .. } => ApiError::NotFound(message),
+            StoreError::EntryTooLarge { .. }
+            | StoreError::BatchTooLarge { .. }
+            | StoreError::MailboxFull(_) => ApiError::Full(message),
+            StoreError::Forked { .. } => ApiError::Forked(message),
+            StoreError::Network(_) | StoreError::Remote(_) => ApiError::Unreachable(message),
+            StoreError::Conflict { .. } | StoreError::Database(_) => ApiError::Storage(message),
+            StoreError::InvalidUrl(_) | StoreError::Schema(_) | StoreError::Corrupt(_) => {
+                ApiError::Internal(message)
+            }
+        }
+    }
+}
+
+/// `error: source: source…` on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}
+
+/// The longest writer-log name.
+pub const MAX_LOG_NAME: usize = 48;
+
+/// Checks a writer-log name: 1 to [`MAX_LOG_NAME`] characters of `a-z 0-9 . _ -`.
+pub fn check_log_name(name: &str) -> Result<()> {
+    let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+    if name.is_empty() || name.len() > MAX_LOG_NAME || !name.chars().all(ok) {
+        return Err(ApiError::InvalidArgument(format!(
+            "log name {name:?} must be 1 to {MAX_LOG_NAME} characters of a-z 0-9 . _ -"
+        )));
+    }
+    Ok(())
+}
+
+/// The identity scope whose delegated key writes the log `name`.
+pub fn log_scope(name: &str) -> String {
+    format!("store/log/{name}")
+}
+
+/// The identity scope whose delegated key owns this node's mailbox.
+pub const MAILBOX_SCOPE: &str = "store/mailbox";
+
+/// The store and everything in it, in totals.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoreStatus {
+    #[serde(flatten)]
+    pub stats: Stats,
+    pub mailboxes: MailboxStats,
+}
+
+/// A mailbox record as the owner reads it.
+pub type MailboxRecord = Record;
+
+/// The store service.
+#[async_trait]
+pub trait StoreApi: Send + Sync + 'static {
+    async fn status(&self) -> Result<StoreStatus>;
+    /// Appends `entries` (ciphertext) to this node's writer log `name`; answers once durable.
+    async fn append(&self, name: String, entries: Vec<Vec<u8>>) -> Result<LogInfo>;
+    /// This node's writer log `name`, created empty if new.
+    async fn writer_log(&self, name: String) -> Result<LogInfo>;
+    /// Entries `[start, end)`; every one must be held.
+    async fn get_entries(&self, key: LogKey, start: u64, end: u64) -> Result<Vec<Vec<u8>>>;
+    async fn list_logs(&self) -> Result<Vec<LogInfo>>;
+    async fn get_log(&self, key: LogKey) -> Result<LogInfo>;
+    async fn verify_log(&self, key: LogKey) -> Result<VerifyReport>;
+
+    /// Deposits `record` in `mailbox` at `peer` (`None`: this node).
+    async fn mailbox_put(
+        &self,
+        peer: Option<PeerId>,
+        mailbox: MailboxKey,
+        record: Vec<u8>,
+        ttl_seconds: u64,
+    ) -> Result<Deposited>;
+    /// This node's mailbox at `peer` (`None`: this node); with `ack`, removes what was returned.
+    async fn mailbox_fetch(&self, peer: Option<PeerId>, ack: bool) -> Result<Vec<MailboxRecord>>;
+    /// This node's mailbox key.
+    async fn mailbox_key(&self) -> Result<MailboxKey>;
+}
+
+/// The client every caller of the store service holds, in-process or remote.
+pub type StoreClient = kith_service::Client<dyn StoreApi>;
+
+impl kith_service::RemoteApi for dyn StoreApi {
+    fn remote(connection: kith_service::Connection) -> Arc<Self> {
+        Arc::new(crate::grpc::RemoteStore::new(connection))
+    }
+}
