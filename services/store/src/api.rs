@@ -58,7 +58,13 @@ impl From<StoreError> for ApiError {
             | StoreError::BatchTooLarge { .. }
             | StoreError::MailboxFull(_) => ApiError::Full(message),
             StoreError::Forked { .. } => ApiError::Forked(message),
-            StoreError::Network(_) | StoreError::Remote(_) => ApiError::Unreachable(message),
+            StoreError::Remote { ref reason, .. } => match reason.as_str() {
+                "mailbox_full" | "entry_too_large" | "batch_too_large" => ApiError::Full(message),
+                "invalid_key" | "malformed" | "out_of_range" => ApiError::InvalidArgument(message),
+                "bad_signature" | "bad_proof" => ApiError::BadData(message),
+                _ => ApiError::Unreachable(message),
+            },
+            StoreError::Network(_) => ApiError::Unreachable(message),
             StoreError::Conflict { .. } | StoreError::Database(_) => ApiError::Storage(message),
             StoreError::InvalidUrl(_) | StoreError::Schema(_) | StoreError::Corrupt(_) => {
                 ApiError::Internal(message)

@@ -94,9 +94,9 @@ pub enum StoreError {
     #[error("mailbox: {0}")]
     MailboxFull(String),
 
-    /// A peer refused a request; its reason.
-    #[error("peer refused: {0}")]
-    Remote(String),
+    /// A peer refused a request: its stable reason (as [`StoreError::reason`]) and message.
+    #[error("peer refused: {message}")]
+    Remote { reason: String, message: String },
 
     /// The database failed (I/O, full disk, lost connection, ...).
     #[error("database")]
@@ -128,7 +128,7 @@ impl StoreError {
             StoreError::Network(_) => "network",
             StoreError::Protocol(_) => "protocol",
             StoreError::MailboxFull(_) => "mailbox_full",
-            StoreError::Remote(_) => "remote",
+            StoreError::Remote { .. } => "remote",
             StoreError::Database(_) => "database",
         }
     }

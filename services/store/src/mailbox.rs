@@ -402,9 +402,12 @@ async fn exchange(
     channel.send.shutdown().await.map_err(net_error)?;
     let (tag, body) = read_frame(&mut channel.recv).await?;
     if tag == TAG_ERROR {
-        return Err(StoreError::Remote(
-            String::from_utf8_lossy(&body).into_owned(),
-        ));
+        let text = String::from_utf8_lossy(&body);
+        let (reason, message) = text.split_once(": ").unwrap_or(("remote", &text));
+        return Err(StoreError::Remote {
+            reason: reason.to_string(),
+            message: message.to_string(),
+        });
     }
     Ok((tag, body))
 }
