@@ -10,8 +10,8 @@ mod output;
 mod profile;
 mod setup;
 mod store;
-#[allow(dead_code)] // used by `kith serve store` (being wired)
 mod store_net;
+mod store_service;
 mod transport;
 
 use std::path::PathBuf;

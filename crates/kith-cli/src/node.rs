@@ -8,12 +8,15 @@ use anyhow::Context as _;
 use kith_identity::daemon::{SERVICE as IDENTITY, ServeArgs};
 use kith_identity::{IdentityApi, IdentityService};
 use kith_service::ServerHandle;
+use kith_store::daemon::{SERVICE as STORE, ServeArgs as StoreServeArgs};
+use kith_transport::TransportClient;
 use kith_transport::daemon::{NodeArgs, SERVICE as TRANSPORT, ServeArgs as TransportServeArgs};
 use serde_json::json;
 
 use crate::context::Ctx;
 use crate::output::emit;
 use crate::setup::{options, print_created};
+use crate::store_service::{RunningStore, StoreOptions, TransportLink};
 use crate::transport::RunningTransport;
 
 // Parsed once per process: the size of `Up` costs nothing worth boxing.
@@ -27,6 +30,8 @@ pub enum NodeCommand {
         identity: ServeArgs,
         #[command(flatten)]
         transport: NodeArgs,
+        #[command(flatten)]
+        store: StoreOptions,
     },
     /// The running node's transport: peer id, addresses, relays, NAT, DHT, protocols.
     Status,
@@ -48,12 +53,24 @@ pub enum ServeCommand {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// The store service: signed logs, mirrors, mailboxes and files in SQLite (the default) or
+    /// PostgreSQL (`--store postgres://…`). Its keys are the identity service's delegated keys;
+    /// it reaches peers through the transport service (`--transport`, or the home's socket).
+    Store {
+        #[command(flatten)]
+        args: StoreServeArgs,
+        #[command(flatten)]
+        options: StoreOptions,
+        #[command(flatten)]
+        transport: TransportLink,
+    },
 }
 
 /// A service this process runs.
 enum Running {
     Identity(ServerHandle),
     Transport(RunningTransport),
+    Store(RunningStore),
 }
 
 impl Running {
@@ -61,6 +78,7 @@ impl Running {
         let server = match self {
             Running::Identity(server) => server,
             Running::Transport(t) => &t.server,
+            Running::Store(s) => &s.server,
         };
         server.endpoints().iter().map(ToString::to_string).collect()
     }
@@ -69,6 +87,7 @@ impl Running {
         match self {
             Running::Identity(server) => server.shutdown().await,
             Running::Transport(t) => t.shutdown().await,
+            Running::Store(s) => s.shutdown().await,
         }
     }
 }
@@ -114,8 +133,14 @@ async fn serve_until_signal(ctx: &Ctx, running: Vec<(&'static str, Running)>, id
     let mut ready = json!({ "event": "ready", "id": id, "services": services });
     let transport = running.iter().find_map(|(_, service)| match service {
         Running::Transport(t) => Some(t.describe()),
-        Running::Identity(_) => None,
+        _ => None,
     });
+    if let Some(store) = running.iter().find_map(|(_, service)| match service {
+        Running::Store(s) => Some(s.describe()),
+        _ => None,
+    }) {
+        ready["store"] = store;
+    }
     if let Some(transport) = &transport {
         ready["transport"] = transport.clone();
     }
@@ -142,12 +167,13 @@ async fn serve_until_signal(ctx: &Ctx, running: Vec<(&'static str, Running)>, id
 }
 
 pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
-    let (identity_args, node_args) = match cmd {
+    let (identity_args, node_args, store_options) = match cmd {
         NodeCommand::Status => return crate::transport::run_status(ctx).await,
         NodeCommand::Up {
             identity,
             transport,
-        } => (identity, transport),
+            store,
+        } => (identity, transport, store),
     };
     kith_service::init_tracing("warn");
     let identity = Arc::new(open_identity(ctx, true).await?);
@@ -168,11 +194,29 @@ pub async fn run_node(ctx: &Ctx, cmd: NodeCommand) -> anyhow::Result<()> {
             return Err(error);
         }
     };
+    let local_transport = TransportClient::local(transport.service.clone());
+    let store = match crate::store_service::start(
+        ctx,
+        identity.clone(),
+        Some(local_transport.api()),
+        &store_options,
+        &StoreServeArgs::default(),
+    )
+    .await
+    {
+        Ok(store) => store,
+        Err(error) => {
+            transport.shutdown().await;
+            identity_server.shutdown().await;
+            return Err(error);
+        }
+    };
     serve_until_signal(
         ctx,
         vec![
             (IDENTITY, Running::Identity(identity_server)),
             (TRANSPORT, Running::Transport(transport)),
+            (STORE, Running::Store(store)),
         ],
         id,
     )
@@ -206,6 +250,19 @@ pub async fn run_serve(ctx: &Ctx, cmd: ServeCommand) -> anyhow::Result<()> {
             let transport = crate::transport::start(ctx, &*identity, &node, &args).await?;
             serve_until_signal(ctx, vec![(TRANSPORT, Running::Transport(transport))], id).await;
         }
+        ServeCommand::Store {
+            args,
+            options,
+            transport,
+        } => {
+            let identity = ctx.identity().await?;
+            let id = identity.show().await?.id;
+            let transport = transport.client(ctx)?.map(|t| t.api());
+            let identity: Arc<dyn IdentityApi> = identity.api();
+            let store =
+                crate::store_service::start(ctx, identity, transport, &options, &args).await?;
+            serve_until_signal(ctx, vec![(STORE, Running::Store(store))], id).await;
+        }
     }
     Ok(())
 }
@@ -215,6 +272,7 @@ fn grpc_service_name(service: &str) -> anyhow::Result<&'static str> {
     match service {
         IDENTITY => Ok("kith.identity.v1.Identity"),
         TRANSPORT => Ok("kith.transport.v1.Transport"),
+        STORE => Ok("kith.store.v1.Store"),
         other => anyhow::bail!("unknown service {other:?}"),
     }
 }

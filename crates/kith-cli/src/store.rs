@@ -14,7 +14,7 @@ use crate::context::Ctx;
 use crate::output::emit;
 
 /// The store database to open.
-#[derive(clap::Args)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct StoreUrl {
     /// The store's database: `sqlite://PATH` or `postgres://…` (default:
     /// sqlite://<home>/store/store.db).
@@ -24,7 +24,7 @@ pub struct StoreUrl {
         env = "KITH_STORE_URL",
         value_name = "URL"
     )]
-    url: Option<String>,
+    pub url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +74,30 @@ pub enum LogCommand {
         /// Only this log (64 hex); default every log.
         key: Option<String>,
     },
+    /// Append entries to this node's writer log NAME through the store service (the running
+    /// one, else in-process): each argument is one entry, or each line of stdin with `-`.
+    /// Entries should be ciphertext: the store keeps them as given. Prints the log once the
+    /// entries are durable.
+    Append {
+        /// The writer log's name (a-z 0-9 . _ -); its key is this device's delegated key for it.
+        name: String,
+        /// The entries (UTF-8 text), or `-` to read one entry per line from stdin.
+        #[arg(required = true)]
+        entries: Vec<String>,
+    },
+    /// Print entries [START, END) of a log through the store service, one per line (hex with
+    /// --hex, else text).
+    Read {
+        /// The log's key (64 hex).
+        key: String,
+        #[arg(long, default_value_t = 0)]
+        start: u64,
+        /// Default: the log's length.
+        #[arg(long)]
+        end: Option<u64>,
+        #[arg(long)]
+        hex: bool,
+    },
 }
 
 /// What kind of database a URL names, checked before anything is opened or created.
@@ -112,7 +136,7 @@ fn redact(url: &str) -> String {
 
 /// Opens `url`. With `must_exist`, a SQLite file that is not there is an error rather than a new
 /// empty database.
-async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
+pub(crate) async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
     match kind(url)? {
         Kind::Sqlite(path) if must_exist && !path.is_file() => {
             anyhow::bail!("no store database at {}", path.display());
@@ -134,7 +158,7 @@ async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
 }
 
 /// The URL the commands use: `--store`, else the home's SQLite database (its dir created 0700).
-fn url(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<String> {
+pub(crate) fn url(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<String> {
     if let Some(url) = &arg.url {
         return Ok(url.clone());
     }
@@ -299,15 +323,85 @@ async fn migrate(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<()> {
 
 pub async fn run_log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
     // Keys are checked before the database is opened: a typo creates nothing.
-    let key = match &args.command {
+    run_log_service(ctx, args).await
+}
+
+/// `log list|show|verify`: on the database, in-process.
+async fn run_log_db(ctx: &Ctx, store_url: &StoreUrl, command: LogCommand) -> anyhow::Result<()> {
+    let key = match &command {
         LogCommand::Show { key } => Some(parse_key(key)?),
         LogCommand::Verify { key } => key.as_deref().map(parse_key).transpose()?,
-        LogCommand::List => None,
+        _ => None,
     };
-    let store = open(&url(ctx, &args.url)?, false).await?;
-    let result = run_log_on(ctx, &store, args.command, key).await;
+    let store = open(&url(ctx, store_url)?, false).await?;
+    let result = run_log_on(ctx, &store, command, key).await;
     store.close().await;
     result
+}
+
+/// `log append` and `log read`: through the store service.
+async fn run_log_service(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
+    match args.command {
+        LogCommand::Append { name, entries } => {
+            kith_store::api::check_log_name(&name)?;
+            let entries: Vec<Vec<u8>> = if entries == ["-"] {
+                use std::io::BufRead as _;
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .map(|l| l.map(String::into_bytes))
+                    .collect::<Result<_, _>>()
+                    .context("read entries from stdin")?
+            } else {
+                entries.into_iter().map(String::into_bytes).collect()
+            };
+            let store = crate::store_service::client(ctx, &args.url).await?;
+            let mut info = None;
+            for batch in entries.chunks(kith_store::log::MAX_BATCH_ENTRIES) {
+                info = Some(store.append(name.clone(), batch.to_vec()).await?);
+            }
+            let info = info.context("no entries to append")?;
+            let mut held = RangeSet::new();
+            held.insert(0, info.held_entries);
+            emit(ctx.json, log_json(&info, &held), || log_line(&info, &held));
+        }
+        LogCommand::Read {
+            key,
+            start,
+            end,
+            hex,
+        } => {
+            let key = parse_key(&key)?;
+            let store = crate::store_service::client(ctx, &args.url).await?;
+            let end = match end {
+                Some(end) => end,
+                None => store.get_log(key).await?.length,
+            };
+            let mut entries = Vec::new();
+            let mut at = start;
+            while at < end {
+                let to = end.min(at + kith_store::log::MAX_BATCH_ENTRIES as u64);
+                entries.extend(store.get_entries(key, at, to).await?);
+                at = to;
+            }
+            let show = |e: &Vec<u8>| {
+                if hex {
+                    hex::encode(e)
+                } else {
+                    String::from_utf8_lossy(e).into_owned()
+                }
+            };
+            emit(
+                ctx.json,
+                json!({ "start": start, "entries": entries.iter().map(hex::encode).collect::<Vec<_>>() }),
+                || entries.iter().map(show).collect::<Vec<_>>().join("\n"),
+            );
+        }
+        LogCommand::List | LogCommand::Show { .. } | LogCommand::Verify { .. } => {
+            run_log_db(ctx, &args.url, args.command).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn run_log_on(
@@ -421,6 +515,9 @@ async fn run_log_on(
                 };
                 anyhow::bail!("log {key} failed verification{others}: {error}");
             }
+        }
+        LogCommand::Append { .. } | LogCommand::Read { .. } => {
+            unreachable!("append and read go through the store service (run_log_service)")
         }
     }
     Ok(())

@@ -64,6 +64,11 @@ impl<A: ?Sized + RemoteApi> Client<A> {
     pub fn is_remote(&self) -> bool {
         self.remote
     }
+
+    /// The implementation behind the client, to hand to code that takes an `Arc<dyn …Api>`.
+    pub fn api(&self) -> Arc<A> {
+        self.inner.clone()
+    }
 }
 
 impl<A: ?Sized> Deref for Client<A> {
