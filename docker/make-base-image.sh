@@ -17,6 +17,9 @@
 # Environment: KITH_BASE_IMAGE (default kith-base:local).
 set -euo pipefail
 
+# shellcheck source=docker/stage.sh
+source "$(dirname "${BASH_SOURCE[0]}")/stage.sh"
+
 readonly FORMAT=1 # bump when the layout below changes, so old base images are rebuilt
 IMAGE=${KITH_BASE_IMAGE:-kith-base:local}
 KITH_UID=10001
@@ -50,25 +53,9 @@ for tool in docker ldd tar sha256sum; do
 done
 
 # --- the libraries the binary needs -------------------------------------------------------------
-# ldd prints "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)", "/lib64/ld-linux-x86-64.so.2
-# (0x...)" for the loader, "linux-vdso.so.1 (0x...)" (kernel-provided: skipped), and exits non-zero
-# with "not a dynamic executable" for a static binary, which then needs no library at all.
+libs_out=$(binary_libs "$binary")
 libs=()
-if ldd_out=$(ldd "$binary" 2>&1); then
-    while read -r line; do
-        if [[ $line == *"=> not found"* ]]; then
-            echo "make-base-image: $binary needs a library this host does not have: $line" >&2
-            exit 1
-        elif [[ $line =~ \=\>\ (/[^ ]+) ]]; then
-            libs+=("${BASH_REMATCH[1]}")
-        elif [[ $line =~ ^(/[^ ]+) ]]; then
-            libs+=("${BASH_REMATCH[1]}")
-        fi
-    done <<<"$ldd_out"
-elif [[ $ldd_out != *"not a dynamic executable"* && $ldd_out != *"statically linked"* ]]; then
-    echo "make-base-image: ldd $binary failed: $ldd_out" >&2
-    exit 1
-fi
+[[ -z $libs_out ]] || mapfile -t libs <<<"$libs_out"
 
 certs=
 [[ -d /etc/ssl/certs ]] && certs=/etc/ssl/certs
@@ -97,43 +84,6 @@ fi
 
 staging=$(mktemp -d "${TMPDIR:-/tmp}/kith-base.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
-
-# Copy PATH into the staging dir at the same place. Every symlink met on the way (a directory such
-# as /lib -> usr/lib, or the file itself as /lib64/ld-linux-x86-64.so.2 -> /lib/...) is recreated
-# as the same symlink, and its target is copied too. Writes only ever go to canonical (symlink-free)
-# paths under the staging dir, so an absolute symlink can never lead a write out onto the host.
-declare -A seen=()
-add_path() {
-    local path=$1 prefix="" comp parent dest target
-    [[ -n ${seen[$path]:-} ]] && return 0
-    seen[$path]=1
-    [[ -e $path ]] || { echo "make-base-image: $path does not exist" >&2; return 1; }
-    local -a comps
-    IFS=/ read -r -a comps <<<"${path#/}"
-    for comp in "${comps[@]}"; do
-        [[ -z $comp ]] && continue
-        prefix+="/$comp"
-        if [[ -L $prefix ]]; then
-            parent=$(readlink -f "$(dirname "$prefix")")
-            dest="$staging${parent%/}/$comp"
-            target=$(readlink "$prefix")
-            if [[ ! -L $dest ]]; then
-                mkdir -p "$staging$parent"
-                ln -s "$target" "$dest"
-            fi
-            [[ $target == /* ]] || target="${parent%/}/$target"
-            add_path "$target"
-        fi
-    done
-    local real
-    real=$(readlink -f "$path")
-    if [[ -d $real ]]; then
-        mkdir -p "$staging$real"
-    else
-        mkdir -p "$staging$(dirname "$real")"
-        cp -p "$real" "$staging$real"
-    fi
-}
 
 for lib in "${libs[@]}"; do
     add_path "$lib"

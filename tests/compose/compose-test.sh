@@ -14,7 +14,11 @@
 # 6. waits for the transport container (its key delegated by identity over gRPC), reads its DHT,
 #    NAT and peers over TCP with its cookie, and has a node on the host connect to it over the
 #    published UDP port (QUIC between the two keys);
-# 7. always tears the project down (`down -v`), printing the containers' logs on failure.
+# 7. waits for the PostgreSQL container (built from this host's PostgreSQL, no registry) and the
+#    store container on it; appends entries through the store's API over TCP, reads them back,
+#    finds them in PostgreSQL (the store's own `kith store stats` inside the container, on the
+#    database URL), restarts the store container and reads them again;
+# 8. always tears the project down (`down -v`), printing the containers' logs on failure.
 #
 # Needs: docker with `docker compose` or `docker-compose`. Exits non-zero on any failure.
 set -euo pipefail
@@ -45,6 +49,8 @@ docker info >/dev/null 2>&1 || fail "the docker daemon is not reachable"
 # --- the image ----------------------------------------------------------------------------------
 export KITH_IMAGE=kith:local
 bash "$root/docker/build-local-image.sh" "$binary" || fail "building $KITH_IMAGE failed"
+export KITH_POSTGRES_IMAGE=kith-postgres:local
+bash "$root/docker/make-postgres-image.sh" || fail "building $KITH_POSTGRES_IMAGE failed"
 
 # --- a data dir with an identity, made on the host ----------------------------------------------
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/kith-compose.XXXXXX")
@@ -80,6 +86,9 @@ data=$tmp/data
 mkdir -m 0700 "$data" "$tmp/secrets"
 passfile=$tmp/secrets/passphrase
 (umask 077 && printf 'compose-test %s %s\n' "$$" "$RANDOM$RANDOM" >"$passfile")
+pgpassfile=$tmp/secrets/pg-password
+printf 'pg %s%s\n' "$RANDOM" "$RANDOM" >"$pgpassfile"
+chmod 0644 "$pgpassfile" # read by the postgres user in its container; the dir stays 0700
 
 # The 24 words go to stderr in --json mode: keep them out of the CI log (throwaway identity anyway).
 if ! KITH_INSECURE_FAST_KDF=1 KITH_PASSPHRASE_FILE=$passfile \
@@ -126,6 +135,8 @@ tport=$(free_port) || fail "found no free port"
 uport=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 0)); print(s.getsockname()[1])') ||
     fail "found no free UDP port"
 export KITH_TRANSPORT_PORT=$tport KITH_TRANSPORT_UDP_PORT=$uport
+sport=$(free_port) || fail "found no free port"
+export KITH_STORE_PORT=$sport KITH_PG_PASSWORD_FILE_HOST=$pgpassfile
 KITH_UID=$(id -u)
 KITH_GID=$(id -g)
 export KITH_UID KITH_GID
@@ -247,3 +258,43 @@ kill "$host_pid"
 wait "$host_pid" 2>/dev/null || true
 grep -q '"peer_id"' "$tmp/peers.json" || fail "the container's node does not list the host node: $(head -c 300 "$tmp/peers.json")"
 log "a host node connected to the container's node $container_peer over UDP $uport"
+
+# --- PostgreSQL and the store container: entries written through the store's API ----------------
+wait_healthy postgres >/dev/null
+scid=$(wait_healthy store)
+published=$(docker port "$scid" 7003/tcp)
+[[ $published == "127.0.0.1:$sport" ]] || fail "port 7003 is published as '$published', expected only 127.0.0.1:$sport"
+scookie=$data/run/store.cookie
+[[ -f $scookie && $(stat -c %a "$scookie") == 600 ]] || fail "the store wrote no 0600 cookie at $scookie"
+skith() { "$binary" --home "$data" --endpoint "tcp://127.0.0.1:$sport" --token-file "$scookie" "$@"; }
+
+skith --json log append compose "sealed one" "sealed two" "sealed three" >"$tmp/append.json" 2>"$tmp/append.err" ||
+    fail "kith log append through the store failed: $(cat "$tmp/append.err")"
+log_key=$(json_get "$tmp/append.json" key)
+[[ $log_key =~ ^[0-9a-f]{64}$ ]] || fail "log append gave no log key: $(head -c 300 "$tmp/append.json")"
+skith log read "$log_key" >"$tmp/read.txt" 2>"$tmp/read.err" || fail "kith log read failed: $(cat "$tmp/read.err")"
+[[ $(cat "$tmp/read.txt") == $'sealed one\nsealed two\nsealed three' ]] || fail "log read gave: $(head -c 300 "$tmp/read.txt")"
+if skith log append "Not A Name" x >/dev/null 2>"$tmp/badname.err"; then
+    fail "an invalid log name was accepted"
+fi
+
+# The entries are in PostgreSQL: the store's own database, read inside its container.
+docker exec "$scid" /usr/local/bin/kith --home /data --json store stats >"$tmp/stats.json" 2>"$tmp/stats.err" ||
+    fail "kith store stats in the store container failed: $(cat "$tmp/stats.err")"
+python3 - "$tmp/stats.json" <<'PY' || fail "store stats in the container: $(head -c 300 "$tmp/stats.json")"
+import json, sys
+s = json.load(open(sys.argv[1]))
+assert s["backend"] == "postgres", s
+assert s["logs"] == 1 and s["entries"] == 3, s
+PY
+log "store over TCP: 3 entries appended to log $log_key, held in PostgreSQL"
+
+# Restarted, the store serves the same entries from PostgreSQL.
+compose restart store >/dev/null 2>&1 || fail "compose restart store failed"
+wait_healthy store >/dev/null
+skith log read "$log_key" --start 1 >"$tmp/read2.txt" 2>"$tmp/read2.err" || fail "kith log read after restart failed: $(cat "$tmp/read2.err")"
+[[ $(cat "$tmp/read2.txt") == $'sealed two\nsealed three' ]] || fail "after restart, log read gave: $(head -c 300 "$tmp/read2.txt")"
+skith --json log append compose "sealed four" >"$tmp/append2.json" 2>/dev/null || fail "append after restart failed"
+python3 -c 'import json,sys; assert json.load(open(sys.argv[1]))["length"] == 4' "$tmp/append2.json" ||
+    fail "after restart the log did not continue at 4: $(head -c 300 "$tmp/append2.json")"
+log "store restarted: entries kept, appends continue"

@@ -115,3 +115,14 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Clap's own consistency checks over every command (unique argument ids, valid
+    /// `conflicts_with` targets, ...), which otherwise only fire when a command is run.
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}

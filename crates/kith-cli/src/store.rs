@@ -25,6 +25,15 @@ pub struct StoreUrl {
         value_name = "URL"
     )]
     pub url: Option<String>,
+    /// A file holding the PostgreSQL password, for a `postgres://` URL without one (so the
+    /// password is in neither the command line nor the environment).
+    #[arg(
+        long = "store-password-file",
+        global = true,
+        env = "KITH_STORE_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +132,40 @@ fn kind(url: &str) -> anyhow::Result<Kind> {
     }
 }
 
+/// `url` (`postgres://user@host/db`) with the password read from `file` (first line, URL-encoded).
+fn with_password(url: &str, file: &Path) -> anyhow::Result<String> {
+    let Some((scheme, rest)) = url
+        .split_once("://")
+        .filter(|(s, _)| *s == "postgres" || *s == "postgresql")
+    else {
+        anyhow::bail!("--store-password-file needs a postgres:// store URL");
+    };
+    let Some((user, host)) = rest.split_once('@') else {
+        anyhow::bail!(
+            "{url}: name the user (postgres://USER@HOST/DB) to use --store-password-file"
+        );
+    };
+    if user.contains(':') {
+        anyhow::bail!("{}: the URL has a password already", redact(url));
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("read the store password from {}", file.display()))?;
+    let password = text.lines().next().unwrap_or_default();
+    if password.is_empty() {
+        anyhow::bail!("{} holds no password", file.display());
+    }
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    Ok(format!("{scheme}://{user}:{encoded}@{host}"))
+}
+
 /// `url` without a password, for messages.
 fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://")
@@ -160,7 +203,10 @@ pub(crate) async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
 /// The URL the commands use: `--store`, else the home's SQLite database (its dir created 0700).
 pub(crate) fn url(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<String> {
     if let Some(url) = &arg.url {
-        return Ok(url.clone());
+        return match &arg.password_file {
+            Some(file) => with_password(url, file),
+            None => Ok(url.clone()),
+        };
     }
     let dir =
         std::path::absolute(ctx.home.service_dir("store")).context("resolve the home directory")?;

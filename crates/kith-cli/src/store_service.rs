@@ -52,13 +52,13 @@ pub struct TransportLink {
     /// The transport service (`unix:/path` or `tcp://host:port`). Default: the home's
     /// `run/transport.sock` when it answers; without one the store runs without a network.
     #[arg(long = "transport", env = "KITH_TRANSPORT_ENDPOINT")]
-    pub endpoint: Option<Endpoint>,
+    pub transport_endpoint: Option<Endpoint>,
     /// Bearer-token cookie of a TCP transport endpoint (default: the home's
     /// run/transport.cookie).
     #[arg(long = "transport-token-file", env = "KITH_TRANSPORT_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    pub transport_token_file: Option<PathBuf>,
     /// Run without a network, even if a transport is running.
-    #[arg(long, conflicts_with = "endpoint")]
+    #[arg(long, conflicts_with = "transport_endpoint")]
     pub no_network: bool,
 }
 
@@ -69,10 +69,10 @@ impl TransportLink {
             return Ok(None);
         }
         let service = kith_transport::daemon::SERVICE;
-        let connection = match &self.endpoint {
+        let connection = match &self.transport_endpoint {
             Some(endpoint @ Endpoint::Tcp(_)) => {
                 let path = self
-                    .token_file
+                    .transport_token_file
                     .clone()
                     .unwrap_or_else(|| ctx.home.cookie(service));
                 let token = Token::read_cookie(&path)

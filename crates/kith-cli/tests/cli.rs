@@ -1,88 +1,13 @@
 //! End-to-end tests of the `kith` binary, driven as a user would: real processes, real files,
 //! real sockets.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+
+use common::*;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use serde_json::Value;
-
-const PASS: &str = "correct horse battery staple";
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-
-    /// A success whose output does not matter.
-    fn ok(&self) {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-    }
-
-    /// A failure: non-zero exit and exactly one line on stderr.
-    fn error(&self) -> &str {
-        assert_ne!(self.code, 0, "expected failure, stdout: {}", self.stdout);
-        assert_eq!(
-            self.stderr.lines().count(),
-            1,
-            "one error line: {:?}",
-            self.stderr
-        );
-        assert!(self.stderr.starts_with("error: "), "{}", self.stderr);
-        self.stderr.trim_end()
-    }
-}
-
-fn kith_cmd(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kith"));
-    cmd.arg("--home")
-        .arg(home)
-        .env("KITH_PASSPHRASE", PASS)
-        .env("KITH_INSECURE_FAST_KDF", "1")
-        .env_remove("KITH_PASSPHRASE_FILE")
-        .env_remove("KITH_ENDPOINT")
-        .env_remove("KITH_TOKEN_FILE")
-        .env_remove("KITH_BIP39_PASSPHRASE");
-    cmd
-}
-
-fn run_with(mut cmd: Command, args: &[&str], stdin: &[u8]) -> Run {
-    let mut child = cmd
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = child.wait_with_output().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
-}
-
-fn kith(home: &Path, args: &[&str]) -> Run {
-    run_with(kith_cmd(home), args, b"")
-}
-
-fn kith_in(home: &Path, args: &[&str], stdin: &[u8]) -> Run {
-    run_with(kith_cmd(home), args, stdin)
-}
 
 /// Every file under `dir` with its bytes, to prove a refused command changed nothing.
 fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
@@ -512,57 +437,6 @@ fn profiles_set_and_show() {
             .error()
             .contains("not valid")
     );
-}
-
-struct Node {
-    child: Child,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(home: &Path, args: &[&str]) -> (Node, Value) {
-    let mut child = kith_cmd(home)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The ready event is one pretty-printed JSON document; read until it parses.
-    let mut stdout = child.stdout.take().unwrap();
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let ready = loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node did not become ready"
-        );
-        use std::io::Read;
-        let n = stdout.read(&mut byte).unwrap();
-        assert!(n > 0, "node exited: {:?}", child.wait_with_output());
-        buf.push(byte[0]);
-        if byte[0] == b'}'
-            && let Ok(v) = serde_json::from_slice::<Value>(&buf)
-        {
-            break v;
-        }
-    };
-    (Node { child }, ready)
-}
-
-fn sigterm(node: &mut Node) -> i32 {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(node.child.id().to_string())
-        .status()
-        .unwrap();
-    node.child.wait().unwrap().code().unwrap_or(-1)
 }
 
 #[test]
