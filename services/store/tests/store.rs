@@ -653,14 +653,34 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
     ));
     let empty = Ed25519Signer::from_seed([24; 32]);
     source.create_log(&empty.log_key()).await.unwrap();
+    // Mailbox records kept for others, one of them already expired: all move, times unchanged.
+    let owner = ed25519_dalek::SigningKey::from_bytes(&[25; 32]);
+    let mailbox = kith_store::mailbox::MailboxKey::of(&owner);
+    let now = kith_store::mailbox::unix_now();
+    for (i, at) in [now, now - 1000, now - 999_999].into_iter().enumerate() {
+        let data = format!("sealed {i}").into_bytes();
+        source
+            .mailbox_put(&mailbox, &[9; 32], &data, 3600, at, u64::MAX)
+            .await
+            .unwrap();
+    }
+    let records = source.mailbox_export(None, 10).await.unwrap();
+    assert_eq!(records.len(), 3);
 
     let middle = second.open().await;
     let report = copy_store(&source, &middle).await.unwrap();
+    assert_eq!(report.mailbox_records, 3);
+    assert_eq!(middle.mailbox_export(None, 10).await.unwrap(), records);
+    assert_eq!(
+        middle.mailbox_fetch(&mailbox, now, 10).await.unwrap().len(),
+        2
+    );
     assert_eq!(report.logs, 4);
     assert_eq!(report.entries, 2500 + 4 + 10 + 6);
     assert_eq!(report.fork_evidence, 1);
     let last = third.open().await;
     copy_store(&middle, &last).await.unwrap();
+    assert_eq!(last.mailbox_export(None, 10).await.unwrap(), records);
 
     let expected = source.list_logs().await.unwrap();
     for (name, store) in [(second.name, &middle), (third.name, &last)] {

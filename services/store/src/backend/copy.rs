@@ -1,5 +1,5 @@
 //! Copying every log from one store to another (SQLite ⇄ PostgreSQL), the base of
-//! `kith store migrate`. Nothing is copied on trust: each held range travels as a remote put
+//! `kith store migrate`, mailbox records included. Nothing is copied on trust: each held range travels as a remote put
 //! would, entries with a proof against the source's signed root, and the destination verifies
 //! it before storing. A log whose source data fails verification stops the copy with the error.
 
@@ -20,6 +20,8 @@ pub struct CopyReport {
     /// The copied entries' bytes.
     pub entry_bytes: u64,
     pub fork_evidence: u64,
+    /// Mailbox records copied (not held in the destination before).
+    pub mailbox_records: u64,
 }
 
 /// Copies every log of `from` into `to`, verifying every batch on the way in. Logs already in
@@ -66,6 +68,19 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
         for evidence in from.fork_evidence(&info.key).await? {
             to.add_fork_evidence(evidence).await?;
             report.fork_evidence += 1;
+        }
+    }
+    let mut after = None;
+    loop {
+        let page = from.mailbox_export(after, 256).await?;
+        let Some((_, _, last)) = page.last() else {
+            break;
+        };
+        after = Some(last.id);
+        for (mailbox, depositor, record) in &page {
+            if to.mailbox_import(mailbox, depositor, record).await? {
+                report.mailbox_records += 1;
+            }
         }
     }
     Ok(report)

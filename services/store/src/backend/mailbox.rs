@@ -173,6 +173,89 @@ impl Store {
         })
     }
 
+    /// Every kept record (expired ones included) after `after` in id order, at most `limit`: for
+    /// copying a store.
+    pub async fn mailbox_export(
+        &self,
+        after: Option<[u8; 32]>,
+        limit: usize,
+    ) -> Result<Vec<(MailboxKey, PeerId, Record)>, StoreError> {
+        let after = after.map(|a| a.to_vec()).unwrap_or_default();
+        let rows = on_db!(&self.db, pool, DB => {
+            sqlx::query(
+                "SELECT id, mailbox, depositor, data, received_at, expires_at FROM mailbox_records \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| -> Result<_, sqlx::Error> {
+                Ok((
+                    r.try_get::<Vec<u8>, _>(0)?,
+                    r.try_get::<Vec<u8>, _>(1)?,
+                    r.try_get::<Vec<u8>, _>(2)?,
+                    r.try_get::<Vec<u8>, _>(3)?,
+                    r.try_get::<i64, _>(4)?,
+                    r.try_get::<i64, _>(5)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        let bad = |what: &str| StoreError::Corrupt(format!("mailbox record {what}"));
+        rows.into_iter()
+            .map(|(id, mailbox, depositor, data, received_at, expires_at)| {
+                let mailbox = MailboxKey::from_slice(&mailbox).map_err(|_| bad("mailbox key"))?;
+                let id: [u8; 32] = id.try_into().map_err(|_| bad("id"))?;
+                if record_id(&mailbox, &data) != id {
+                    return Err(bad("id does not match its data"));
+                }
+                let depositor: PeerId = depositor.try_into().map_err(|_| bad("depositor"))?;
+                let record = Record {
+                    id,
+                    data,
+                    received_at: to_u64(received_at)?,
+                    expires_at: to_u64(expires_at)?,
+                };
+                Ok((mailbox, depositor, record))
+            })
+            .collect()
+    }
+
+    /// Keeps a record copied from another store as it was (its times included); a record
+    /// already held is left alone. Its id must match its mailbox and data.
+    pub async fn mailbox_import(
+        &self,
+        mailbox: &MailboxKey,
+        depositor: &PeerId,
+        record: &Record,
+    ) -> Result<bool, StoreError> {
+        if record_id(mailbox, &record.data) != record.id {
+            return Err(StoreError::Malformed(
+                "mailbox record id does not match its data",
+            ));
+        }
+        check_deposit(&record.data, 0)?;
+        in_write_tx!(&self.db, tx, DB => {
+            let inserted = sqlx::query(
+                "INSERT INTO mailbox_records (id, mailbox, depositor, data, received_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&record.id[..])
+            .bind(&mailbox.as_bytes()[..])
+            .bind(&depositor[..])
+            .bind(&record.data)
+            .bind(to_i64(record.received_at)?)
+            .bind(to_i64(record.expires_at)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(inserted == 1)
+        })
+    }
+
     /// Records and bytes kept in mailboxes.
     pub async fn mailbox_stats(&self) -> Result<MailboxStats, StoreError> {
         let (records, bytes) = on_db!(&self.db, pool, DB => {
