@@ -175,6 +175,25 @@ where
     call().await
 }
 
+/// One unary call of a remote service client: `method` is called on a clone of the generated
+/// tonic `client` with a clone of `request` (again if the connection itself failed, see
+/// [`call_with_reconnect`]); a status becomes the service's own error `E`, the variant the
+/// handler returned. Every remote client (`RemoteIdentity`, `RemoteTransport`, `RemoteStore`)
+/// makes its calls through this.
+pub async fn unary<C, Q, R, E, F, Fut>(client: &C, request: Q, method: F) -> Result<R, E>
+where
+    C: Clone,
+    Q: Clone,
+    E: crate::ServiceError,
+    F: Fn(C, Q) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    call_with_reconnect(|| method(client.clone(), request.clone()))
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| E::from_status(&s))
+}
+
 /// A status made by the client's transport because it could not connect: the request cannot
 /// have reached a handler. (A connection that broke mid-call is not retried: the call may have
 /// been handled.)

@@ -18,6 +18,7 @@ mod telemetry;
 pub use auth::{CookieError, Token};
 pub use client::{
     AuthChannel, BearerAuth, Client, Connection, RemoteApi, call_with_reconnect, health_check,
+    unary,
 };
 pub use endpoint::{Endpoint, EndpointParseError};
 pub use error::{ErrorCode, ServiceError};

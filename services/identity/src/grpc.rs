@@ -8,7 +8,7 @@ use bytes::Bytes;
 use kith_proto::identity::v1 as pb;
 use kith_proto::identity::v1::identity_client::IdentityClient as GrpcClient;
 use kith_proto::identity::v1::identity_server::{Identity, IdentityServer};
-use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError, call_with_reconnect};
+use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::api::*;
@@ -297,10 +297,7 @@ impl RemoteIdentity {
         F: Fn(GrpcClient<AuthChannel>, Q) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
-        call_with_reconnect(|| method(self.client.clone(), request.clone()))
-            .await
-            .map(Response::into_inner)
-            .map_err(|s| IdentityError::from_status(&s))
+        kith_service::unary(&self.client, request, method).await
     }
 }
 

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use kith_proto::store::v1 as pb;
 use kith_proto::store::v1::store_client::StoreClient as GrpcClient;
 use kith_proto::store::v1::store_server::{Store as StoreRpc, StoreServer};
-use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError, call_with_reconnect};
+use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError};
 use tonic::{Request, Response, Status};
 
 use crate::api::*;
@@ -262,10 +262,7 @@ impl RemoteStore {
         F: Fn(GrpcClient<AuthChannel>, Q) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
-        call_with_reconnect(|| method(self.client.clone(), request.clone()))
-            .await
-            .map(Response::into_inner)
-            .map_err(|s| ApiError::from_status(&s))
+        kith_service::unary(&self.client, request, method).await
     }
 }
 

@@ -20,7 +20,7 @@ use kith_proto::transport::v1 as pb;
 use kith_proto::transport::v1::stream_frame::Frame;
 use kith_proto::transport::v1::transport_client::TransportClient as GrpcClient;
 use kith_proto::transport::v1::transport_server::{Transport, TransportServer};
-use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError, call_with_reconnect};
+use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -410,10 +410,7 @@ impl RemoteTransport {
         F: Fn(GrpcClient<AuthChannel>, Q) -> Fut,
         Fut: std::future::Future<Output = Result<Response<R>, Status>>,
     {
-        call_with_reconnect(|| method(self.client.clone(), request.clone()))
-            .await
-            .map(Response::into_inner)
-            .map_err(|s| ApiError::from_status(&s))
+        kith_service::unary(&self.client, request, method).await
     }
 
     /// Starts a stream call whose first frame is `first`; returns the peer stream once the
