@@ -3,60 +3,16 @@
 //! server started once (`services/store/tests/pg-server.sh`), a fresh database per use. Without
 //! PostgreSQL the tests that need it fail with the reason; they never skip.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+
+use common::kith;
 
 use kith_store::Store;
 use kith_store::log::{Ed25519Signer, LogKey};
 use serde_json::Value;
 use sqlx::Connection as _;
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn json(&self) -> Value {
-        assert_eq!(self.code, 0, "stderr: {}", self.stderr);
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("{e}: {}", self.stdout))
-    }
-
-    /// A failure: non-zero exit and exactly one line on stderr.
-    fn error(&self) -> &str {
-        assert_ne!(self.code, 0, "expected failure, stdout: {}", self.stdout);
-        assert_eq!(
-            self.stderr.lines().count(),
-            1,
-            "one error line: {:?}",
-            self.stderr
-        );
-        assert!(self.stderr.starts_with("error: "), "{}", self.stderr);
-        self.stderr.trim_end()
-    }
-}
-
-fn kith(home: &Path, args: &[&str]) -> Run {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_kith"))
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .env_remove("KITH_STORE_URL")
-        .env_remove("KITH_ENDPOINT")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8(stdout).unwrap(),
-        stderr: String::from_utf8(stderr).unwrap(),
-    }
-}
 
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
@@ -191,15 +147,9 @@ async fn stats_list_show_verify_and_migrate_sqlite_postgres_sqlite() {
         "{}",
         returned.stdout
     );
-    let back_list = Command::new(env!("CARGO_BIN_EXE_kith"))
-        .args(["--home"])
-        .arg(&home)
-        .args(["--json", "log", "list"])
-        .env("KITH_STORE_URL", &back)
-        .output()
-        .unwrap();
-    assert!(back_list.status.success());
-    let back_list: Value = serde_json::from_slice(&back_list.stdout).unwrap();
+    let mut cmd = common::kith_cmd(&home);
+    cmd.env("KITH_STORE_URL", &back);
+    let back_list = common::run_with(cmd, &["--json", "log", "list"], b"").json();
     assert_eq!(back_list, list);
     let back_verify = kith(&home, &["log", "verify", "--store", &back]);
     assert_eq!(back_verify.code, 0, "{}", back_verify.stderr);
