@@ -25,8 +25,9 @@ pub mod backend;
 pub mod error;
 pub mod log;
 pub mod net;
+pub mod replicate;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use backend::{LogInfo, PutOutcome, Stats, Store};
+pub use backend::{LogInfo, LogUpdate, PutOutcome, Stats, Store};
 pub use error::StoreError;

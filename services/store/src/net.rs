@@ -128,10 +128,7 @@ impl Network for MemoryNetwork {
             hub.listeners.get(&(peer, alpn.to_string())).cloned()
         };
         let sender = sender.ok_or_else(|| {
-            StoreError::Network(format!(
-                "peer {} does not serve {alpn}",
-                hex::encode(peer)
-            ))
+            StoreError::Network(format!("peer {} does not serve {alpn}", hex::encode(peer)))
         })?;
         let (ours, theirs) = tokio::io::duplex(256 * 1024);
         let (their_recv, their_send) = tokio::io::split(theirs);

@@ -154,6 +154,9 @@ macro_rules! in_write_tx {
     };
 }
 
+mod mirror;
+pub use mirror::{EvictReport, MirrorRow};
+
 /// A log as the store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LogInfo {
@@ -218,7 +221,22 @@ pub struct Store {
     /// One lock per log this process appends to, so appends to a log are serialised here; other
     /// processes are caught by the optimistic length check.
     writers: Mutex<HashMap<LogKey, Arc<tokio::sync::Mutex<Option<WriterState>>>>>,
+    /// What [`Store::subscribe`] hands out: one message per committed change to a log.
+    updates: tokio::sync::broadcast::Sender<LogUpdate>,
 }
+
+/// A committed change to a log, as [`Store::subscribe`] reports it: entries `[start, end)` were
+/// stored (empty for a root-only upgrade) and the held root is now `length` long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogUpdate {
+    pub key: LogKey,
+    pub length: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// How many updates a slow subscriber may fall behind before it sees `Lagged`.
+const UPDATE_CAPACITY: usize = 1024;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -379,6 +397,7 @@ impl Store {
         Ok(Store {
             db,
             writers: Mutex::new(HashMap::new()),
+            updates: tokio::sync::broadcast::channel(UPDATE_CAPACITY).0,
         })
     }
 
@@ -388,6 +407,27 @@ impl Store {
             Db::Sqlite(..) => "sqlite",
             Db::Postgres(..) => "postgres",
         }
+    }
+
+    /// Every committed change to any log from now on: appends, and remote entries or roots
+    /// stored. Sent after the commit, so whatever a subscriber reads back is there. A subscriber
+    /// that falls more than 1024 updates behind gets `Lagged` and should re-read what it follows.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LogUpdate> {
+        self.updates.subscribe()
+    }
+
+    fn notify(&self, update: LogUpdate) {
+        // No subscriber is not an error.
+        let _ = self.updates.send(update);
+    }
+
+    /// Whether this process has appended to `key`'s log (it holds the writer's key): such a log
+    /// is the node's own, never evicted.
+    pub fn writes(&self, key: &LogKey) -> bool {
+        self.writers
+            .lock()
+            .expect("writers lock poisoned")
+            .contains_key(key)
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -638,6 +678,12 @@ impl Store {
                 *cached = Some(WriterState {
                     log_id: state.log_id,
                     appender,
+                });
+                self.notify(LogUpdate {
+                    key,
+                    length: root.length(),
+                    start: old_length,
+                    end: root.length(),
                 });
                 return Ok(root);
             }
@@ -967,6 +1013,75 @@ impl Store {
         Ok((root, entries, proof))
     }
 
+    /// For a peer that holds a root of `length` (one this store held, so its nodes are here):
+    /// entries from `[start, end)` with a proof against that root, revealing the peaks of
+    /// `upgrade_from` if given. At most `max_bytes` of entries (but at least one) are returned,
+    /// a prefix of the range. The counterpart of [`Self::put_remote_at`].
+    pub async fn get_range_with_proof_at(
+        &self,
+        key: &LogKey,
+        start: u64,
+        end: u64,
+        length: u64,
+        upgrade_from: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<(Vec<Vec<u8>>, Proof), StoreError> {
+        let row = self
+            .log_row(key)
+            .await?
+            .ok_or(StoreError::LogNotFound { key: *key })?;
+        if start > end
+            || end > length
+            || length > row.length
+            || end - start > MAX_BATCH_ENTRIES as u64
+            || upgrade_from.is_some_and(|u| u > length)
+        {
+            return Err(StoreError::OutOfRange);
+        }
+        if start == end {
+            // The root's upgrade proof alone.
+            let targets = match upgrade_from {
+                Some(k) if k < length => Targets::range_upgrading_from(start, 0, k),
+                _ => Targets::range(start, 0),
+            };
+            return Ok((Vec::new(), self.prove_at(row.id, length, &targets).await?));
+        }
+        let sizes = on_db!(&self.db, pool, DB => {
+            sqlx::query(
+                "SELECT idx, CAST(length(data) AS BIGINT) FROM entries \
+                 WHERE log_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+            )
+            .bind(row.id)
+            .bind(to_i64(start)?)
+            .bind(to_i64(end)?)
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)) })
+            .collect::<Result<Vec<_>, _>>()?
+        });
+        let mut cut = start;
+        let mut bytes = 0u64;
+        for (idx, size) in sizes {
+            let (idx, size) = (to_u64(idx)?, to_u64(size)?);
+            if idx != cut || (cut > start && bytes + size > max_bytes) {
+                break;
+            }
+            bytes += size;
+            cut += 1;
+        }
+        if cut == start {
+            return Err(StoreError::EntryNotHeld { index: start });
+        }
+        let targets = match upgrade_from {
+            Some(k) if k < length => Targets::range_upgrading_from(start, cut - start, k),
+            _ => Targets::range(start, cut - start),
+        };
+        let proof = self.prove_at(row.id, length, &targets).await?;
+        let entries = self.get_range(key, start, cut).await?;
+        Ok((entries, proof))
+    }
+
     /// Stores entries `[start, start + entries.len())` of `root`'s log received from someone else,
     /// after verifying them with `proof` against `root`. If the log's held root is shorter, the
     /// proof must reveal its peaks (see [`Self::get_range_with_proof`]) and `root` becomes the held
@@ -977,6 +1092,40 @@ impl Store {
         start: u64,
         entries: &[E],
         proof: &Proof,
+    ) -> Result<PutOutcome, StoreError> {
+        self.put_remote_inner(root, start, entries, proof, None)
+            .await
+    }
+
+    /// [`Self::put_remote`] for a proof made by [`Self::get_range_with_proof_at`]: it reveals
+    /// the peaks of `upgrade_from` (if given), whatever this store holds now. A root longer than
+    /// the held one is adopted only if the proof established the held root's peaks (it extends
+    /// what is held); if it did not (the held root changed since the request was made: another
+    /// peer or writer got here first), nothing is stored and the answer is
+    /// [`StoreError::StaleRoot`] — ask again, the sender did nothing wrong. A proof that fails
+    /// against `root` is [`StoreError::BadProof`]: the sender's fault.
+    pub async fn put_remote_at<E: AsRef<[u8]>>(
+        &self,
+        root: &SignedRoot,
+        start: u64,
+        entries: &[E],
+        proof: &Proof,
+        upgrade_from: Option<u64>,
+    ) -> Result<PutOutcome, StoreError> {
+        if upgrade_from.is_some_and(|u| u > root.length()) {
+            return Err(StoreError::OutOfRange);
+        }
+        self.put_remote_inner(root, start, entries, proof, Some(upgrade_from))
+            .await
+    }
+
+    async fn put_remote_inner<E: AsRef<[u8]>>(
+        &self,
+        root: &SignedRoot,
+        start: u64,
+        entries: &[E],
+        proof: &Proof,
+        revealed: Option<Option<u64>>,
     ) -> Result<PutOutcome, StoreError> {
         check_batch(entries)?;
         let key = root.key();
@@ -992,11 +1141,25 @@ impl Store {
             let evidence = ForkEvidence::SameLength { a: cur, b: *root };
             return self.record_fork(row.id, evidence).await;
         }
-        let reveal = match current {
-            Some(cur) if root.length() > cur.length() => tree::full_roots(cur.length()),
-            _ => Vec::new(),
+        let reveal = match (revealed, current) {
+            (Some(from), _) => from.map(tree::full_roots).unwrap_or_default(),
+            (None, Some(cur)) if root.length() > cur.length() => tree::full_roots(cur.length()),
+            (None, _) => Vec::new(),
         };
         let verified = proof.verify(root, start, entries, &reveal)?;
+        if let Some(cur) = current
+            && root.length() > cur.length()
+            && !tree::full_roots(cur.length())
+                .iter()
+                .all(|i| verified.nodes.contains_key(i))
+        {
+            // The proof does not show that `root` extends the held root (it revealed another
+            // length's peaks).
+            return Err(StoreError::StaleRoot {
+                offered: root.length(),
+                held: cur.length(),
+            });
+        }
 
         // Everything proven must agree with what is held: a full node never changes.
         let indices: Vec<u64> = verified.nodes.keys().copied().collect();
@@ -1106,6 +1269,14 @@ impl Store {
             && let Ok(mut cached) = slot.try_lock()
         {
             *cached = None;
+        }
+        if upgrade || !entries.is_empty() {
+            self.notify(LogUpdate {
+                key,
+                length: root.length().max(current.map_or(0, |c| c.length())),
+                start,
+                end,
+            });
         }
         Ok(PutOutcome::Stored {
             root: if upgrade {
