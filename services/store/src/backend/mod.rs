@@ -837,6 +837,24 @@ impl Store {
         })
     }
 
+    /// Every log's key (cheaper than [`Self::list_logs`]).
+    pub async fn log_keys(&self) -> Result<Vec<LogKey>, StoreError> {
+        let rows = on_db!(&self.db, pool, DB => {
+            sqlx::query("SELECT key FROM logs ORDER BY key")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| r.try_get::<Vec<u8>, _>(0))
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        rows.iter()
+            .map(|k| {
+                LogKey::from_slice(k)
+                    .map_err(|e| StoreError::Corrupt(format!("stored log key: {e}")))
+            })
+            .collect()
+    }
+
     /// Every log, ordered by key.
     pub async fn list_logs(&self) -> Result<Vec<LogInfo>, StoreError> {
         let rows = on_db!(&self.db, pool, DB => {

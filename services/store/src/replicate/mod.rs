@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     pub(crate) config: ReplicatorConfig,
     /// Logs we answer for, by discovery id.
     known: Mutex<HashMap<Discovery, LogKey>>,
+    /// When `known` was last re-read from the store.
+    refreshed: Mutex<Option<std::time::Instant>>,
     mirrors: Mutex<HashMap<LogKey, MirrorState>>,
     /// One quota pass at a time.
     evicting: tokio::sync::Mutex<()>,
@@ -164,6 +166,28 @@ impl Inner {
             .expect("known lock")
             .get(discovery)
             .copied()
+    }
+
+    /// [`Self::known`], re-reading the store's logs first on a miss (at most once a second:
+    /// logs appended or received since the last read, e.g. before [`Replicator::start`]).
+    pub(crate) async fn find(&self, discovery: &Discovery) -> Result<Option<LogKey>, StoreError> {
+        if let Some(key) = self.known(discovery) {
+            return Ok(Some(key));
+        }
+        let stale = {
+            let mut last = self.refreshed.lock().expect("refreshed lock");
+            let stale = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if stale {
+                *last = Some(std::time::Instant::now());
+            }
+            stale
+        };
+        if stale {
+            for key in self.store.log_keys().await? {
+                self.register(key);
+            }
+        }
+        Ok(self.known(discovery))
     }
 
     /// Adds `key` to the logs we answer for; true if it is new.
@@ -305,6 +329,7 @@ impl Replicator {
                 network,
                 config,
                 known: Mutex::default(),
+                refreshed: Mutex::default(),
                 mirrors: Mutex::default(),
                 evicting: tokio::sync::Mutex::new(()),
                 stats: Stats::default(),
@@ -392,8 +417,8 @@ impl Replicator {
 
     /// Reads the held logs and the mirror table into memory.
     async fn load(&self) -> Result<(), StoreError> {
-        for info in self.inner.store.list_logs().await? {
-            self.inner.register(info.key);
+        for key in self.inner.store.log_keys().await? {
+            self.inner.register(key);
         }
         let rows = self.inner.store.mirrors().await?;
         let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();

@@ -590,7 +590,7 @@ impl Session {
         if self.chans.len() >= MAX_SESSION_LOGS {
             return Err(protocol("too many logs opened".into()));
         }
-        let Some(key) = self.inner.known(&discovery) else {
+        let Some(key) = self.inner.find(&discovery).await? else {
             // Not a log we hold: say so, and learn nothing more.
             return self.send(Message::Unavailable { discovery }).await;
         };
@@ -673,7 +673,13 @@ impl Session {
             && theirs.hash() != ours.hash()
             && !chan.forked
         {
-            let evidence = crate::log::ForkEvidence::SameLength { a: ours, b: theirs };
+            // In a canonical order, so both sides (each finding it) keep the same evidence.
+            let (a, b) = if ours.hash() < theirs.hash() {
+                (ours, theirs)
+            } else {
+                (theirs, ours)
+            };
+            let evidence = crate::log::ForkEvidence::SameLength { a, b };
             self.inner.store.add_fork_evidence(evidence.clone()).await?;
             chan.forked = true;
             tracing::warn!(log = %chan.key, "peer holds a different root of the same length: log forked");
@@ -726,7 +732,12 @@ impl Session {
         let chan = self.chans.get_mut(&discovery).expect("pending log is open");
         chan.in_flight.remove(pending.start, pending.end);
         chan.in_flight_count -= 1;
-        if chan.forked {
+        if chan.forked || chan.unavailable {
+            return Ok(());
+        }
+        if self.inner.known(&discovery).is_none() {
+            // The log was dropped here meanwhile (a removed mirror): stop replicating it.
+            chan.unavailable = true;
             return Ok(());
         }
         let key = chan.key;
@@ -849,7 +860,7 @@ impl Session {
         let max = self.inner.config.max_in_flight;
         let mut to_send = Vec::new();
         for (d, chan) in self.chans.iter_mut() {
-            if !chan.open_both() || chan.forked || chan.peer_stuck {
+            if !chan.open_both() || chan.forked || chan.peer_stuck || chan.unavailable {
                 continue;
             }
             let Some(peer_root) = chan.peer_root else {
