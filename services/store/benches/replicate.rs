@@ -78,7 +78,10 @@ async fn replicate_once(
     serve.await.unwrap().unwrap();
     assert_eq!(report.entries_received, ENTRIES as u64);
     let info = store.log_info(&key).await.unwrap();
-    assert_eq!((info.length, info.held_entries), (ENTRIES as u64, ENTRIES as u64));
+    assert_eq!(
+        (info.length, info.held_entries),
+        (ENTRIES as u64, ENTRIES as u64)
+    );
     store.close().await;
     rate
 }

@@ -17,7 +17,7 @@
 //! log opens, so a session after an interrupted one asks only for what is missing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -144,12 +144,14 @@ struct Shared {
     entries_sent: AtomicU64,
     /// Requests read from the peer and not yet answered.
     pending_peer_requests: AtomicUsize,
-    /// The peer's last word was `Done` (cleared by any request after it).
-    peer_done: AtomicBool,
+    /// The sequence number (order read) of the peer's last request.
+    last_request: AtomicU64,
 }
 
 enum Incoming {
     Msg(Message),
+    /// The peer's `Done`, with its sequence number.
+    Done(u64),
     End,
     Failed(StoreError),
 }
@@ -226,6 +228,7 @@ pub(crate) async fn run(
         requests: HashMap::new(),
         next_id: 0,
         done_sent: false,
+        peer_done: 0,
         report: SessionReport {
             peer,
             ..SessionReport::default()
@@ -256,6 +259,7 @@ pub(crate) async fn run(
                         session.last_progress = Instant::now();
                         session.handle(m).await?;
                     }
+                    Some(Incoming::Done(seq)) => session.peer_done = seq,
                     Some(Incoming::Failed(e)) => return Err(e),
                     Some(Incoming::End) | None => {
                         // The peer finished its direction: answer what it already asked, then
@@ -339,7 +343,9 @@ async fn read_loop(
     requests: mpsc::Sender<Message>,
     shared: Arc<Shared>,
 ) {
+    let mut seq = 0u64;
     loop {
+        seq += 1;
         let msg = match wire::read_message(&mut recv, &mut buf).await {
             Ok(Some(m)) => m,
             Ok(None) => {
@@ -353,7 +359,7 @@ async fn read_loop(
         };
         match msg {
             Message::Request { .. } => {
-                shared.peer_done.store(false, Ordering::SeqCst);
+                shared.last_request.store(seq, Ordering::SeqCst);
                 shared.pending_peer_requests.fetch_add(1, Ordering::SeqCst);
                 if requests.try_send(msg).is_err() {
                     let _ = ctl
@@ -364,7 +370,12 @@ async fn read_loop(
                     return;
                 }
             }
-            Message::Done => shared.peer_done.store(true, Ordering::SeqCst),
+            Message::Done => {
+                // Through the main loop, so it is seen after everything sent before it.
+                if ctl.send(Incoming::Done(seq)).await.is_err() {
+                    return;
+                }
+            }
             other => {
                 if ctl.send(Incoming::Msg(other)).await.is_err() {
                     return;
@@ -446,6 +457,8 @@ struct Session {
     requests: HashMap<u32, Pending>,
     next_id: u32,
     done_sent: bool,
+    /// The sequence number of the peer's last `Done` (0: none yet).
+    peer_done: u64,
     report: SessionReport,
     last_progress: Instant,
 }
@@ -617,7 +630,7 @@ impl Session {
             .lock()
             .expect("served lock")
             .insert(discovery, key);
-        self.advertise(discovery).await?;
+        // Evidence first: a peer told the log is forked asks for nothing.
         if self.chans[&discovery].forked {
             for evidence in self
                 .inner
@@ -634,7 +647,7 @@ impl Session {
                 .await?;
             }
         }
-        Ok(())
+        self.advertise(discovery).await
     }
 
     async fn advertise(&mut self, discovery: Discovery) -> Result<(), StoreError> {
@@ -936,8 +949,9 @@ impl Session {
 
     /// An initiator that is not following: both sides have what they wanted.
     fn finished(&self) -> bool {
+        // The peer's last `Done` came after its last request, and we answered everything.
         self.settled()
-            && self.shared.peer_done.load(Ordering::SeqCst)
+            && self.peer_done > self.shared.last_request.load(Ordering::SeqCst)
             && self.shared.pending_peer_requests.load(Ordering::SeqCst) == 0
     }
 
