@@ -38,6 +38,10 @@ use crate::net::{PeerChannel, PeerId};
 /// The most requests a peer may have outstanding with us in one session.
 pub const MAX_PEER_REQUESTS: usize = 64;
 
+/// The most requests we keep in flight per session (over all its logs): half of what the peer
+/// accepts, so an honest requester never reaches [`MAX_PEER_REQUESTS`].
+pub const MAX_SESSION_IN_FLIGHT: usize = MAX_PEER_REQUESTS / 2;
+
 /// The most logs one session may open.
 pub const MAX_SESSION_LOGS: usize = 1024;
 
@@ -149,7 +153,7 @@ struct Shared {
 }
 
 enum Incoming {
-    Msg(Message),
+    Msg(Box<Message>),
     /// The peer's `Done`, with its sequence number.
     Done(u64),
     End,
@@ -257,7 +261,7 @@ pub(crate) async fn run(
                 msg = ctl_rx.recv() => match msg {
                     Some(Incoming::Msg(m)) => {
                         session.last_progress = Instant::now();
-                        session.handle(m).await?;
+                        session.handle(*m).await?;
                     }
                     Some(Incoming::Done(seq)) => session.peer_done = seq,
                     Some(Incoming::Failed(e)) => return Err(e),
@@ -377,7 +381,7 @@ async fn read_loop(
                 }
             }
             other => {
-                if ctl.send(Incoming::Msg(other)).await.is_err() {
+                if ctl.send(Incoming::Msg(Box::new(other))).await.is_err() {
                     return;
                 }
             }
@@ -871,6 +875,7 @@ impl Session {
     /// Sends the requests we can, and `Done` when there is nothing left to ask for.
     async fn plan(&mut self) -> Result<(), StoreError> {
         let max = self.inner.config.max_in_flight;
+        let mut budget = MAX_SESSION_IN_FLIGHT.saturating_sub(self.requests.len());
         let mut to_send = Vec::new();
         for (d, chan) in self.chans.iter_mut() {
             if !chan.open_both() || chan.forked || chan.peer_stuck || chan.unavailable {
@@ -886,9 +891,10 @@ impl Session {
             'ranges: for (s, e) in want.iter() {
                 let mut at = s;
                 while at < e {
-                    if chan.in_flight_count >= max {
+                    if chan.in_flight_count >= max || budget == 0 {
                         break 'ranges;
                     }
+                    budget -= 1;
                     let to = (at + MAX_REQUEST_ENTRIES).min(e);
                     to_send.push((*d, at, to, peer_root, upgrade_from));
                     chan.in_flight.insert(at, to);
@@ -896,7 +902,9 @@ impl Session {
                     at = to;
                 }
             }
-            if want.is_empty() && chan.in_flight_count == 0 && upgrade_from.is_some() {
+            if want.is_empty() && chan.in_flight_count == 0 && upgrade_from.is_some() && budget > 0
+            {
+                budget -= 1;
                 // Nothing we want below its length, but its root is newer: take the root.
                 to_send.push((*d, local, local, peer_root, upgrade_from));
                 chan.in_flight_count += 1;
