@@ -13,13 +13,19 @@
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
 //!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
+//!   Mirrored logs (policy, quota, eviction mark) are a table of their own; eviction drops the
+//!   oldest entry bytes of a mirrored log and keeps its tree nodes. [`Store::subscribe`]
+//!   reports every committed change.
 //! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer
 //!   by protocol, listen, announce and look up topics), so it depends on no transport; the
 //!   `kith` binary implements it over the transport service.
+//! - [`replicate`]: replication between peers over `kith/store/1` ([`replicate::wire`]: the
+//!   messages; [`replicate::session`]: one symmetric, pipelined session), and the
+//!   [`replicate::Replicator`] a node runs: serving, syncing and following logs by their DHT
+//!   topics, and blind mirrors within quotas.
 //! - [`error`]: the one error type, [`StoreError`].
 //!
-//! Replication over the transport, mirrors, mailboxes, files, the gRPC API and the binary are
-//! still to come.
+//! Mailboxes, files, the gRPC API and the binary are still to come.
 
 pub mod backend;
 pub mod error;

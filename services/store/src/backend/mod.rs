@@ -837,6 +837,12 @@ impl Store {
         })
     }
 
+    /// The held signed root of `key`'s log (`None` if the log is unknown or has no root yet):
+    /// one row read, cheaper than [`Self::log_info`].
+    pub async fn root(&self, key: &LogKey) -> Result<Option<SignedRoot>, StoreError> {
+        Ok(self.log_row(key).await?.and_then(|r| r.root))
+    }
+
     /// Every log's key (cheaper than [`Self::list_logs`]).
     pub async fn log_keys(&self) -> Result<Vec<LogKey>, StoreError> {
         let rows = on_db!(&self.db, pool, DB => {

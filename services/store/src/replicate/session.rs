@@ -858,13 +858,19 @@ impl Session {
         }
         for d in changed {
             let key = self.chans[&d].key;
-            let fresh = self.load(key).await?;
-            let chan = self.chans.get_mut(&d).expect("open");
-            if fresh.local_length() >= chan.local_length() {
-                chan.local = fresh.local;
+            if lagged {
+                // Missed updates: re-read everything about the log.
+                let fresh = self.load(key).await?;
+                let chan = self.chans.get_mut(&d).expect("open");
+                chan.have = fresh.have;
+                chan.forked |= fresh.forked;
             }
-            chan.have = fresh.have;
-            chan.forked |= fresh.forked;
+            // The held ranges were kept up to date from the updates; the root is one row.
+            let root = self.inner.store.root(&key).await?;
+            let chan = self.chans.get_mut(&d).expect("open");
+            if root.is_some_and(|r| r.length() > chan.local_length()) {
+                chan.local = root;
+            }
             if chan.open_both() && chan.local_length() > chan.advertised {
                 self.advertise(d).await?;
             }
