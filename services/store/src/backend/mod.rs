@@ -308,6 +308,28 @@ pub fn sqlite_connect_options(url: &str) -> Result<SqliteConnectOptions, StoreEr
         .busy_timeout(Duration::from_secs(30)))
 }
 
+/// Splits sorted, deduplicated `indices` into dense runs `(first, last)` (at least 16 indices,
+/// gaps of at most 4) and the rest.
+fn split_runs(indices: &[u64]) -> (Vec<(u64, u64)>, Vec<u64>) {
+    const RUN_MIN: usize = 16;
+    const MAX_GAP: u64 = 4;
+    let (mut runs, mut singles) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < indices.len() {
+        let mut j = i + 1;
+        while j < indices.len() && indices[j] - indices[j - 1] <= MAX_GAP {
+            j += 1;
+        }
+        if j - i >= RUN_MIN {
+            runs.push((indices[i], indices[j - 1]));
+        } else {
+            singles.extend_from_slice(&indices[i..j]);
+        }
+        i = j;
+    }
+    (runs, singles)
+}
+
 /// Bytes per node in an entry's `tree` column: hash, then size (u64 LE).
 const NODE_BYTES: usize = 40;
 
@@ -513,34 +535,17 @@ impl Store {
         completing.sort_unstable();
         completing.dedup();
         let mut trees: HashMap<u64, Vec<u8>> = HashMap::with_capacity(completing.len());
-        for chunk in completing.chunks(LOOKUP_CHUNK) {
-            let rows = on_db!(&self.db, pool, DB => {
-                let mut qb = QueryBuilder::<DB>::new("SELECT idx, tree FROM entries WHERE log_id = ");
-                qb.push_bind(log_id);
-                qb.push(" AND idx IN (");
-                let mut sep = qb.separated(", ");
-                for &i in chunk {
-                    sep.push_bind(to_i64(i)?);
-                }
-                sep.push_unseparated(")");
-                qb.build()
-                    .fetch_all(pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<_, sqlx::Error> {
-                        Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            });
-            for (idx, blob) in rows {
-                let entry = to_u64(idx)?;
-                if blob.len() != tree_blob_len(entry) {
-                    return Err(StoreError::Corrupt(format!(
-                        "tree nodes of entry {entry} have the wrong size"
-                    )));
-                }
-                trees.insert(entry, blob);
+        for (idx, blob) in self
+            .select_by_index(log_id, "entries", "tree", &completing)
+            .await?
+        {
+            let entry = to_u64(idx)?;
+            if blob.len() != tree_blob_len(entry) {
+                return Err(StoreError::Corrupt(format!(
+                    "tree nodes of entry {entry} have the wrong size"
+                )));
             }
+            trees.insert(entry, blob);
         }
         let mut rest = Vec::new();
         for &i in indices {
@@ -552,9 +557,61 @@ impl Store {
                 None => rest.push(i),
             }
         }
-        for chunk in rest.chunks(LOOKUP_CHUNK) {
+        rest.sort_unstable();
+        rest.dedup();
+        for (idx, row) in self
+            .select_by_index(log_id, "nodes", "hash, size", &rest)
+            .await?
+        {
+            // `hash ‖ size (i64 LE)`, see `select_by_index`.
+            let (hash, size) = row.split_at(row.len().saturating_sub(8));
+            let size = i64::from_le_bytes(size.try_into().expect("8 bytes"));
+            out.insert(to_u64(idx)?, node_from_row(hash.to_vec(), size)?);
+        }
+        Ok(out)
+    }
+
+    /// `(idx, columns)` of `table`'s rows of `log_id` at the sorted, deduplicated `wanted`
+    /// indices. `columns` is one blob column, or `"hash, size"` (then the value is `hash ‖ size
+    /// as i64 LE`). Dense runs (a range proof's nodes, a batch's entries) are read by index
+    /// range, one query each; the rest by `IN` lists.
+    async fn select_by_index(
+        &self,
+        log_id: i64,
+        table: &'static str,
+        columns: &'static str,
+        wanted: &[u64],
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let with_size = columns == "hash, size";
+        let (runs, singles) = split_runs(wanted);
+        let mut out = Vec::with_capacity(wanted.len());
+        for (lo, hi) in runs {
             let rows = on_db!(&self.db, pool, DB => {
-                let mut qb = QueryBuilder::<DB>::new("SELECT idx, hash, size FROM nodes WHERE log_id = ");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT idx, {columns} FROM {table} WHERE log_id = $1 AND idx >= $2 AND idx <= $3"
+                )))
+                .bind(log_id)
+                .bind(to_i64(lo)?)
+                .bind(to_i64(hi)?)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| -> Result<_, sqlx::Error> {
+                    let mut v = r.try_get::<Vec<u8>, _>(1)?;
+                    if with_size {
+                        v.extend_from_slice(&r.try_get::<i64, _>(2)?.to_le_bytes());
+                    }
+                    Ok((r.try_get::<i64, _>(0)?, v))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+            });
+            out.extend(rows.into_iter().filter(|(i, _)| {
+                u64::try_from(*i).is_ok_and(|i| wanted.binary_search(&i).is_ok())
+            }));
+        }
+        for chunk in singles.chunks(LOOKUP_CHUNK) {
+            let rows = on_db!(&self.db, pool, DB => {
+                let mut qb = QueryBuilder::<DB>::new(format!("SELECT idx, {columns} FROM {table} WHERE log_id = "));
                 qb.push_bind(log_id);
                 qb.push(" AND idx IN (");
                 let mut sep = qb.separated(", ");
@@ -567,13 +624,15 @@ impl Store {
                     .await?
                     .into_iter()
                     .map(|r| -> Result<_, sqlx::Error> {
-                        Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(2)?))
+                        let mut v = r.try_get::<Vec<u8>, _>(1)?;
+                        if with_size {
+                            v.extend_from_slice(&r.try_get::<i64, _>(2)?.to_le_bytes());
+                        }
+                        Ok((r.try_get::<i64, _>(0)?, v))
                     })
                     .collect::<Result<Vec<_>, _>>()?
             });
-            for (idx, hash, size) in rows {
-                out.insert(to_u64(idx)?, node_from_row(hash, size)?);
-            }
+            out.extend(rows);
         }
         Ok(out)
     }
@@ -1070,39 +1129,52 @@ impl Store {
             };
             return Ok((Vec::new(), self.prove_at(row.id, length, &targets).await?));
         }
-        let sizes = on_db!(&self.db, pool, DB => {
-            sqlx::query(
-                "SELECT idx, CAST(length(data) AS BIGINT) FROM entries \
-                 WHERE log_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
-            )
-            .bind(row.id)
-            .bind(to_i64(start)?)
-            .bind(to_i64(end)?)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)) })
-            .collect::<Result<Vec<_>, _>>()?
-        });
-        let mut cut = start;
+        // Entries in chunks, until the byte budget: at most 256 rows (16 MiB of the largest
+        // entries) are read beyond what is sent.
+        let mut entries: Vec<Vec<u8>> = Vec::new();
         let mut bytes = 0u64;
-        for (idx, size) in sizes {
-            let (idx, size) = (to_u64(idx)?, to_u64(size)?);
-            if idx != cut || (cut > start && bytes + size > max_bytes) {
-                break;
+        let mut at = start;
+        let mut chunk = 64u64;
+        'read: while at < end {
+            let to = (at + chunk).min(end);
+            let rows = on_db!(&self.db, pool, DB => {
+                sqlx::query(
+                    "SELECT idx, data FROM entries WHERE log_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                )
+                .bind(row.id)
+                .bind(to_i64(at)?)
+                .bind(to_i64(to)?)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)) })
+                .collect::<Result<Vec<_>, _>>()?
+            });
+            let asked = to - at;
+            let got = rows.len() as u64;
+            for (idx, data) in rows {
+                let size = data.len() as u64;
+                if to_u64(idx)? != at || (at > start && bytes + size > max_bytes) {
+                    break 'read;
+                }
+                bytes += size;
+                entries.push(data);
+                at += 1;
             }
-            bytes += size;
-            cut += 1;
+            if got < asked {
+                break; // a gap: the rest is not held
+            }
+            let average = (bytes / entries.len() as u64).max(1);
+            chunk = (max_bytes.saturating_sub(bytes) / average).clamp(16, 256);
         }
-        if cut == start {
+        if entries.is_empty() {
             return Err(StoreError::EntryNotHeld { index: start });
         }
         let targets = match upgrade_from {
-            Some(k) if k < length => Targets::range_upgrading_from(start, cut - start, k),
-            _ => Targets::range(start, cut - start),
+            Some(k) if k < length => Targets::range_upgrading_from(start, at - start, k),
+            _ => Targets::range(start, at - start),
         };
         let proof = self.prove_at(row.id, length, &targets).await?;
-        let entries = self.get_range(key, start, cut).await?;
         Ok((entries, proof))
     }
 
@@ -1467,5 +1539,24 @@ impl Store {
             nodes: to_u64(nodes)?,
             fork_evidence: to_u64(evidence)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_runs;
+
+    #[test]
+    fn dense_indices_become_runs_and_the_rest_stays_single() {
+        let mut v: Vec<u64> = (100..140).collect();
+        v.extend([3, 7, 500, 9000]);
+        v.extend((1000..1064).step_by(4));
+        v.sort_unstable();
+        let (runs, singles) = split_runs(&v);
+        assert_eq!(runs, vec![(100, 139), (1000, 1060)]);
+        assert_eq!(singles, vec![3, 7, 500, 9000]);
+        let covered: usize = singles.len() + 40 + 16;
+        assert_eq!(covered, v.len());
+        assert_eq!(split_runs(&[]), (vec![], vec![]));
     }
 }

@@ -63,7 +63,7 @@ impl Default for ReplicatorConfig {
     fn default() -> Self {
         ReplicatorConfig {
             total_quota_bytes: None,
-            max_in_flight: 8,
+            max_in_flight: 4,
             timeout: Duration::from_secs(30),
             retry_initial: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),

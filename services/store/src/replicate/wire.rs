@@ -39,11 +39,11 @@ pub const ALPN: &str = "kith/store/1";
 pub const VERSION: u8 = 1;
 
 /// The most entries one `Request` may ask for (and one `Data` may carry).
-pub const MAX_REQUEST_ENTRIES: u64 = 256;
+pub const MAX_REQUEST_ENTRIES: u64 = 1024;
 
 /// The most entry bytes one `Data` may carry (a single entry may be up to
 /// [`MAX_ENTRY_BYTES`], which is smaller).
-pub const MAX_REPLY_BYTES: u64 = 256 * 1024;
+pub const MAX_REPLY_BYTES: u64 = 1024 * 1024;
 
 /// The most ranges one `Have` may list (a holder with more lists a subset of what it holds).
 pub const MAX_HAVE_RANGES: usize = 4096;
@@ -53,7 +53,7 @@ pub const MAX_EVIDENCE_BYTES: usize = 128 * 1024;
 
 /// The largest frame: a full `Data` (entries, their length prefixes, a proof of
 /// [`MAX_PROOF_NODES`] nodes) with room to spare.
-pub const MAX_FRAME_BYTES: usize = 512 * 1024;
+pub const MAX_FRAME_BYTES: usize = 2 * 1024 * 1024;
 
 const _: () = assert!(
     (MAX_REPLY_BYTES as usize) + 4 * MAX_REQUEST_ENTRIES as usize + 4 + 40 * MAX_PROOF_NODES + 64
