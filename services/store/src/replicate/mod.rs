@@ -69,7 +69,7 @@ impl Default for ReplicatorConfig {
             retry_max: Duration::from_secs(60),
             lookup_interval: Duration::from_secs(30),
             announce_interval: Duration::from_secs(300),
-            max_incoming: 256,
+            max_incoming: 64,
         }
     }
 }

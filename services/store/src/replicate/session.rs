@@ -36,7 +36,7 @@ use crate::log::{LogKey, RangeSet, SignedRoot};
 use crate::net::{PeerChannel, PeerId};
 
 /// The most requests a peer may have outstanding with us in one session.
-pub const MAX_PEER_REQUESTS: usize = 32;
+pub const MAX_PEER_REQUESTS: usize = 16;
 
 /// The most requests we keep in flight per session (over all its logs): half of what the peer
 /// accepts, so an honest requester never reaches [`MAX_PEER_REQUESTS`].
@@ -209,7 +209,7 @@ pub(crate) async fn run(
 
     let shared = Arc::new(Shared::default());
     let served: Arc<Mutex<HashMap<Discovery, LogKey>>> = Arc::default();
-    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(16);
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(8);
     let (req_tx, req_rx) = mpsc::channel::<Message>(MAX_PEER_REQUESTS);
     let reader = tokio::spawn(read_loop(recv, buf, ctl_tx, req_tx, shared.clone()));
     let server = tokio::spawn(serve_loop(
