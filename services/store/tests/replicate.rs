@@ -1037,3 +1037,95 @@ async fn a_blind_mirror_never_holds_plaintext_and_serves_readers_while_the_write
         reader.repl.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn ranges_are_proven_against_an_older_advertised_root_and_a_moved_root_is_not_the_senders_fault()
+ {
+    for dbs in dbs(2).await {
+        let writer = dbs[0].open().await;
+        let reader = dbs[1].open().await;
+        let signer = Ed25519Signer::from_seed([15; 32]);
+        let key = signer.log_key();
+        append(&writer, &signer, 15, 0, 100).await;
+        let old = writer.root(&key).await.unwrap().unwrap();
+        append(&writer, &signer, 15, 100, 300).await;
+
+        // The writer, now at 300, proves entries against the root of 100 it advertised before,
+        // revealing the reader's (empty) length: the reader takes it.
+        let (es, proof) = writer
+            .get_range_with_proof_at(&key, 10, 60, 100, Some(0), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(es.len(), 50);
+        reader
+            .put_remote_at(&old, 10, &es, &proof, Some(0))
+            .await
+            .unwrap();
+        assert_eq!(
+            reader.root(&key).await.unwrap(),
+            Some(old),
+            "{}",
+            dbs[0].name
+        );
+
+        // A byte budget cuts the range to a prefix (at least one entry).
+        let (few, _) = writer
+            .get_range_with_proof_at(&key, 0, 50, 100, None, 3 * 1024)
+            .await
+            .unwrap();
+        assert_eq!(few.len(), 3);
+        let (one, _) = writer
+            .get_range_with_proof_at(&key, 0, 50, 100, None, 1)
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+
+        // A proof made for a reader at length 0 while the reader has since reached 100: not a
+        // bad proof, a stale request — nothing stored, `StaleRoot`.
+        let new = writer.root(&key).await.unwrap().unwrap();
+        let (es, proof) = writer
+            .get_range_with_proof_at(&key, 200, 250, 300, Some(0), 1 << 20)
+            .await
+            .unwrap();
+        let before = reader.held(&key).await.unwrap();
+        let stale = reader.put_remote_at(&new, 200, &es, &proof, Some(0)).await;
+        assert!(
+            matches!(stale, Err(StoreError::StaleRoot { .. })),
+            "{stale:?}"
+        );
+        assert_eq!(reader.held(&key).await.unwrap(), before);
+        // The same entries with a tampered byte are the sender's fault.
+        let mut bad = es.clone();
+        bad[0][0] ^= 1;
+        assert!(matches!(
+            reader.put_remote_at(&new, 200, &bad, &proof, Some(0)).await,
+            Err(StoreError::BadProof)
+        ));
+        // Asked again from the right length, it is taken.
+        let (es, proof) = writer
+            .get_range_with_proof_at(&key, 200, 250, 300, Some(100), 1 << 20)
+            .await
+            .unwrap();
+        reader
+            .put_remote_at(&new, 200, &es, &proof, Some(100))
+            .await
+            .unwrap();
+        assert_eq!(reader.root(&key).await.unwrap(), Some(new));
+        assert_eq!(reader.verify_log(&key).await.unwrap().held_entries, 100);
+        // Beyond the held length: out of range. An empty range: the root's proof alone.
+        assert!(
+            writer
+                .get_range_with_proof_at(&key, 0, 10, 301, None, 1 << 20)
+                .await
+                .is_err()
+        );
+        assert!(
+            writer
+                .get_range_with_proof_at(&key, 5, 5, 300, None, 1 << 20)
+                .await
+                .unwrap()
+                .0
+                .is_empty()
+        );
+    }
+}

@@ -551,6 +551,18 @@ mod tests {
             upgrade_from: None,
         };
         assert!(Message::decode(&too_long.encode()[4..]).is_err());
+        // An empty range only as a root-only upgrade.
+        let empty = |upgrade_from| Message::Request {
+            discovery: d,
+            id: 1,
+            length: 10,
+            start: 4,
+            end: 4,
+            upgrade_from,
+        };
+        assert!(Message::decode(&empty(None).encode()[4..]).is_err());
+        assert!(Message::decode(&empty(Some(3)).encode()[4..]).is_ok());
+        assert!(Message::decode(&empty(Some(10)).encode()[4..]).is_err());
         let past_root = Message::Have {
             discovery: d,
             root: Some(root(5)),
