@@ -653,12 +653,18 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
     ));
     let empty = Ed25519Signer::from_seed([24; 32]);
     source.create_log(&empty.log_key()).await.unwrap();
+    // The sparse log is mirrored here, with a policy.
+    source
+        .set_mirror(&sparse.log_key(), Some(1 << 20), 3)
+        .await
+        .unwrap();
 
     let middle = second.open().await;
     let report = copy_store(&source, &middle).await.unwrap();
     assert_eq!(report.logs, 4);
     assert_eq!(report.entries, 2500 + 4 + 10 + 6);
     assert_eq!(report.fork_evidence, 1);
+    assert_eq!(report.mirrors, 1);
     let last = third.open().await;
     copy_store(&middle, &last).await.unwrap();
 
@@ -685,6 +691,16 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
             );
             store.verify_log(&info.key).await.unwrap();
         }
+        let policies = |ms: Vec<kith_store::backend::MirrorRow>| {
+            ms.into_iter()
+                .map(|m| (m.key, m.quota_bytes, m.priority, m.evicted_below))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            policies(store.mirrors().await.unwrap()),
+            policies(source.mirrors().await.unwrap()),
+            "{name}"
+        );
         // The copy goes on being a working store: the full log's writer appends to it.
         let root = store.append(&full, &[b"after the move"]).await.unwrap();
         assert_eq!(root.length(), 2501);

@@ -149,6 +149,26 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a mirror's eviction mark up to `below` (never down): entries below it are not
+    /// fetched again.
+    pub(crate) async fn raise_eviction_mark(
+        &self,
+        key: &LogKey,
+        below: u64,
+    ) -> Result<(), StoreError> {
+        let Some(row) = self.log_row(key).await? else {
+            return Ok(());
+        };
+        on_db!(&self.db, pool, DB => {
+            sqlx::query("UPDATE mirrors SET evicted_below = $1 WHERE log_id = $2 AND evicted_below < $1")
+                .bind(to_i64(below)?)
+                .bind(row.id)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
     /// Stops mirroring `key` and deletes everything held for it (entries, nodes, root, fork
     /// evidence). Returns whether it was mirrored. Refused for a log this process writes.
     pub async fn remove_mirror(&self, key: &LogKey) -> Result<bool, StoreError> {
