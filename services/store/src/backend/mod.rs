@@ -510,6 +510,10 @@ impl Store {
 
     /// Creates the log's row if it does not exist yet and returns it.
     async fn ensure_log(&self, key: &LogKey) -> Result<LogRow, StoreError> {
+        // Usually the log exists: a read, no write lock.
+        if let Some(row) = self.log_row(key).await? {
+            return Ok(row);
+        }
         on_db!(&self.db, pool, DB => {
             sqlx::query("INSERT INTO logs (key) VALUES ($1) ON CONFLICT (key) DO NOTHING")
                 .bind(key.as_bytes().as_slice())
