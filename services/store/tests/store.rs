@@ -70,6 +70,44 @@ fn database_names_are_replaced_in_urls() {
 }
 
 #[tokio::test]
+async fn a_new_sqlite_store_has_16_kib_pages_and_an_old_one_keeps_its_own() {
+    use sqlx::{Connection, Row};
+    let db = common::sqlite();
+    db.open().await.close().await;
+    let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let size: i64 = sqlx::query("PRAGMA page_size")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(size, 16384);
+    c.close().await.unwrap();
+    // A database made with 4 KiB pages opens, migrates and works as before.
+    let old = common::sqlite();
+    let opts = kith_store::backend::sqlite_connect_options(&old.url)
+        .unwrap()
+        .page_size(4096);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("CREATE TABLE before_kith (x INTEGER)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let store = old.open().await;
+    let signer = Ed25519Signer::from_seed([30; 32]);
+    append_range(&store, &signer, 30, 0, 50, 10).await;
+    store.verify_log(&signer.log_key()).await.unwrap();
+    store.close().await;
+    let mut c = sqlx::SqliteConnection::connect(&old.url).await.unwrap();
+    let size: i64 = sqlx::query("PRAGMA page_size")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(size, 4096);
+}
+
+#[tokio::test]
 async fn append_read_prove_and_verify_with_the_public_key_only() {
     for db in backends().await {
         let store = db.open().await;
