@@ -351,8 +351,19 @@ impl Replicator {
         if self.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        self.load().await?;
-        let mut incoming = self.inner.network.listen(ALPN).await?;
+        let listening = async {
+            self.load().await?;
+            self.inner.network.listen(ALPN).await
+        }
+        .await;
+        let mut incoming = match listening {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                // Not started: a later `start` tries again.
+                self.started.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         let me = self.clone();
         let accept = tokio::spawn(async move {
             let mut stop = me.inner.stop.subscribe();
