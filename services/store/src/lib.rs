@@ -13,17 +13,23 @@
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
 //!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
+//!   Mirrored logs (policy, quota, eviction mark) are a table of their own; eviction drops the
+//!   oldest entry bytes of a mirrored log and keeps its tree nodes. [`Store::subscribe`]
+//!   reports every committed change.
 //! - [`mailbox`]: small encrypted records kept for an offline recipient (48 h by default), read
 //!   and removed only with the recipient's signature; their protocol `kith/mailbox/1`.
 //! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer
 //!   by protocol, listen, announce and look up topics), so it depends on no transport; the
 //!   `kith` binary implements it over the transport service.
-//! - [`error`]: the one error type, [`StoreError`].
-//!
+//! - [`replicate`]: replication between peers over `kith/store/1` ([`replicate::wire`]: the
+//!   messages; [`replicate::session`]: one symmetric, pipelined session), and the
+//!   [`replicate::Replicator`] a node runs: serving, syncing and following logs by their DHT
+//!   topics, and blind mirrors within quotas.
 //! - [`api`], [`service`], [`grpc`], [`daemon`]: the service — [`StoreApi`] in-process
 //!   ([`StoreService`]: writer logs signed with the identity's delegated keys through
 //!   [`NodeKeys`], mailboxes served on the network) and over gRPC (`kith.store.v1.Store`), and
 //!   the server options of `kith serve store`.
+//! - [`error`]: the one error type, [`StoreError`].
 
 pub mod api;
 pub mod backend;
@@ -33,11 +39,12 @@ pub mod grpc;
 pub mod log;
 pub mod mailbox;
 pub mod net;
+pub mod replicate;
 pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use api::{ApiError, StoreApi, StoreClient};
-pub use backend::{LogInfo, PutOutcome, Stats, Store};
+pub use backend::{LogInfo, LogUpdate, PutOutcome, Stats, Store};
 pub use error::StoreError;
 pub use service::{NodeKeys, StoreConfig, StoreService};

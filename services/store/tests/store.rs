@@ -70,6 +70,44 @@ fn database_names_are_replaced_in_urls() {
 }
 
 #[tokio::test]
+async fn a_new_sqlite_store_has_16_kib_pages_and_an_old_one_keeps_its_own() {
+    use sqlx::{Connection, Row};
+    let db = common::sqlite();
+    db.open().await.close().await;
+    let mut c = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+    let size: i64 = sqlx::query("PRAGMA page_size")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(size, 16384);
+    c.close().await.unwrap();
+    // A database made with 4 KiB pages opens, migrates and works as before.
+    let old = common::sqlite();
+    let opts = kith_store::backend::sqlite_connect_options(&old.url)
+        .unwrap()
+        .page_size(4096);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("CREATE TABLE before_kith (x INTEGER)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    let store = old.open().await;
+    let signer = Ed25519Signer::from_seed([30; 32]);
+    append_range(&store, &signer, 30, 0, 50, 10).await;
+    store.verify_log(&signer.log_key()).await.unwrap();
+    store.close().await;
+    let mut c = sqlx::SqliteConnection::connect(&old.url).await.unwrap();
+    let size: i64 = sqlx::query("PRAGMA page_size")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(size, 4096);
+}
+
+#[tokio::test]
 async fn append_read_prove_and_verify_with_the_public_key_only() {
     for db in backends().await {
         let store = db.open().await;
@@ -653,6 +691,11 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
     ));
     let empty = Ed25519Signer::from_seed([24; 32]);
     source.create_log(&empty.log_key()).await.unwrap();
+    // The sparse log is mirrored here, with a policy.
+    source
+        .set_mirror(&sparse.log_key(), Some(1 << 20), 3)
+        .await
+        .unwrap();
     // Mailbox records kept for others, one of them already expired: all move, times unchanged.
     let owner = ed25519_dalek::SigningKey::from_bytes(&[25; 32]);
     let mailbox = kith_store::mailbox::MailboxKey::of(&owner);
@@ -678,6 +721,7 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
     assert_eq!(report.logs, 4);
     assert_eq!(report.entries, 2500 + 4 + 10 + 6);
     assert_eq!(report.fork_evidence, 1);
+    assert_eq!(report.mirrors, 1);
     let last = third.open().await;
     copy_store(&middle, &last).await.unwrap();
     assert_eq!(last.mailbox_export(None, 10).await.unwrap(), records);
@@ -705,6 +749,16 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
             );
             store.verify_log(&info.key).await.unwrap();
         }
+        let policies = |ms: Vec<kith_store::backend::MirrorRow>| {
+            ms.into_iter()
+                .map(|m| (m.key, m.quota_bytes, m.priority, m.evicted_below))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            policies(store.mirrors().await.unwrap()),
+            policies(source.mirrors().await.unwrap()),
+            "{name}"
+        );
         // The copy goes on being a working store: the full log's writer appends to it.
         let root = store.append(&full, &[b"after the move"]).await.unwrap();
         assert_eq!(root.length(), 2501);

@@ -22,6 +22,8 @@ pub struct CopyReport {
     pub fork_evidence: u64,
     /// Mailbox records copied (not held in the destination before).
     pub mailbox_records: u64,
+    /// Mirrored logs whose policy and eviction mark were carried over.
+    pub mirrors: u64,
 }
 
 /// Copies every log of `from` into `to`, verifying every batch on the way in. Logs already in
@@ -69,6 +71,12 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
             to.add_fork_evidence(evidence).await?;
             report.fork_evidence += 1;
         }
+    }
+    // Mirrors keep their policy and what they evicted (so it is not fetched again).
+    for m in from.mirrors().await? {
+        to.set_mirror(&m.key, m.quota_bytes, m.priority).await?;
+        to.raise_eviction_mark(&m.key, m.evicted_below).await?;
+        report.mirrors += 1;
     }
     let mut after = None;
     loop {

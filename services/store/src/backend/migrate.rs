@@ -26,6 +26,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         sql: include_str!("../../migrations/sqlite/0001_logs.sql"),
     },
     Migration {
+        version: 2,
+        description: "mirrors",
+        sql: include_str!("../../migrations/sqlite/0002_mirrors.sql"),
+    },
+    Migration {
         version: 4,
         description: "mailboxes",
         sql: include_str!("../../migrations/sqlite/0004_mailboxes.sql"),
@@ -37,6 +42,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 1,
         description: "logs",
         sql: include_str!("../../migrations/postgres/0001_logs.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "mirrors",
+        sql: include_str!("../../migrations/postgres/0002_mirrors.sql"),
     },
     Migration {
         version: 4,
@@ -153,7 +163,7 @@ mod tests {
             }
             for m in set {
                 let statements: Vec<_> = m.statements().collect();
-                assert!(!statements.is_empty());
+                assert!(!statements.is_empty(), "{statements:?}");
                 for s in statements {
                     assert!(!s.ends_with(';'), "{s}");
                 }
@@ -162,10 +172,18 @@ mod tests {
         // Both backends have the same migrations and get the same tables.
         let versions = |set: &[Migration]| set.iter().map(|m| m.version).collect::<Vec<_>>();
         assert_eq!(versions(SQLITE), versions(POSTGRES));
-        for table in ["logs", "entries", "nodes", "fork_evidence"] {
+        // Both backends get the same tables.
+        for (m, table) in [
+            (0, "logs"),
+            (0, "entries"),
+            (0, "nodes"),
+            (0, "fork_evidence"),
+            (1, "mirrors"),
+            (2, "mailbox_records"),
+        ] {
             let create = format!("CREATE TABLE {table} (");
-            assert!(SQLITE[0].sql.contains(&create));
-            assert!(POSTGRES[0].sql.contains(&create));
+            assert!(SQLITE[m].sql.contains(&create));
+            assert!(POSTGRES[m].sql.contains(&create));
         }
     }
 }

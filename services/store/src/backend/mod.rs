@@ -154,6 +154,9 @@ macro_rules! in_write_tx {
     };
 }
 
+mod mirror;
+pub use mirror::{EvictReport, MirrorRow};
+
 /// A log as the store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LogInfo {
@@ -218,7 +221,22 @@ pub struct Store {
     /// One lock per log this process appends to, so appends to a log are serialised here; other
     /// processes are caught by the optimistic length check.
     writers: Mutex<HashMap<LogKey, Arc<tokio::sync::Mutex<Option<WriterState>>>>>,
+    /// What [`Store::subscribe`] hands out: one message per committed change to a log.
+    updates: tokio::sync::broadcast::Sender<LogUpdate>,
 }
+
+/// A committed change to a log, as [`Store::subscribe`] reports it: entries `[start, end)` were
+/// stored (empty for a root-only upgrade) and the held root is now `length` long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogUpdate {
+    pub key: LogKey,
+    pub length: u64,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// How many updates a slow subscriber may fall behind before it sees `Lagged`.
+const UPDATE_CAPACITY: usize = 1024;
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -278,8 +296,15 @@ fn is_busy(error: &StoreError) -> bool {
 }
 
 /// The SQLite connection options [`Store::open`] uses for `url`: WAL, `synchronous=FULL`, foreign
-/// keys, a 30 s busy timeout, created if missing. Public so that tools and benchmarks that must
-/// match the store's settings use exactly these.
+/// keys, a 30 s busy timeout, created if missing, and 16 KiB pages for a new database. Public so
+/// that tools and benchmarks that must match the store's settings use exactly these.
+///
+/// The page size: `entries` is a `WITHOUT ROWID` table, whose rows live in the B-tree itself,
+/// and SQLite keeps at most ~1,000 bytes of such a row on a 4 KiB page — so every 1 KiB entry
+/// (plus its key and `tree` column) spilled to an overflow page of its own. With 16 KiB pages
+/// up to ~4,000 bytes stay in place: measured, 4–5× the appends and the replication rate of
+/// 1 KiB entries. A database created with another page size keeps it (SQLite ignores the
+/// setting once a database has tables, and in WAL mode).
 pub fn sqlite_connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::InvalidUrl(format!("{url}: {e}")))?
@@ -287,7 +312,30 @@ pub fn sqlite_connect_options(url: &str) -> Result<SqliteConnectOptions, StoreEr
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
-        .busy_timeout(Duration::from_secs(30)))
+        .busy_timeout(Duration::from_secs(30))
+        .page_size(16384))
+}
+
+/// Splits sorted, deduplicated `indices` into dense runs `(first, last)` (at least 16 indices,
+/// gaps of at most 4) and the rest.
+fn split_runs(indices: &[u64]) -> (Vec<(u64, u64)>, Vec<u64>) {
+    const RUN_MIN: usize = 16;
+    const MAX_GAP: u64 = 4;
+    let (mut runs, mut singles) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < indices.len() {
+        let mut j = i + 1;
+        while j < indices.len() && indices[j] - indices[j - 1] <= MAX_GAP {
+            j += 1;
+        }
+        if j - i >= RUN_MIN {
+            runs.push((indices[i], indices[j - 1]));
+        } else {
+            singles.extend_from_slice(&indices[i..j]);
+        }
+        i = j;
+    }
+    (runs, singles)
 }
 
 /// Bytes per node in an entry's `tree` column: hash, then size (u64 LE).
@@ -379,6 +427,7 @@ impl Store {
         Ok(Store {
             db,
             writers: Mutex::new(HashMap::new()),
+            updates: tokio::sync::broadcast::channel(UPDATE_CAPACITY).0,
         })
     }
 
@@ -388,6 +437,27 @@ impl Store {
             Db::Sqlite(..) => "sqlite",
             Db::Postgres(..) => "postgres",
         }
+    }
+
+    /// Every committed change to any log from now on: appends, and remote entries or roots
+    /// stored. Sent after the commit, so whatever a subscriber reads back is there. A subscriber
+    /// that falls more than 1024 updates behind gets `Lagged` and should re-read what it follows.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LogUpdate> {
+        self.updates.subscribe()
+    }
+
+    fn notify(&self, update: LogUpdate) {
+        // No subscriber is not an error.
+        let _ = self.updates.send(update);
+    }
+
+    /// Whether this process has appended to `key`'s log (it holds the writer's key): such a log
+    /// is the node's own, never evicted.
+    pub fn writes(&self, key: &LogKey) -> bool {
+        self.writers
+            .lock()
+            .expect("writers lock poisoned")
+            .contains_key(key)
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -448,6 +518,10 @@ impl Store {
 
     /// Creates the log's row if it does not exist yet and returns it.
     async fn ensure_log(&self, key: &LogKey) -> Result<LogRow, StoreError> {
+        // Usually the log exists: a read, no write lock.
+        if let Some(row) = self.log_row(key).await? {
+            return Ok(row);
+        }
         on_db!(&self.db, pool, DB => {
             sqlx::query("INSERT INTO logs (key) VALUES ($1) ON CONFLICT (key) DO NOTHING")
                 .bind(key.as_bytes().as_slice())
@@ -473,34 +547,17 @@ impl Store {
         completing.sort_unstable();
         completing.dedup();
         let mut trees: HashMap<u64, Vec<u8>> = HashMap::with_capacity(completing.len());
-        for chunk in completing.chunks(LOOKUP_CHUNK) {
-            let rows = on_db!(&self.db, pool, DB => {
-                let mut qb = QueryBuilder::<DB>::new("SELECT idx, tree FROM entries WHERE log_id = ");
-                qb.push_bind(log_id);
-                qb.push(" AND idx IN (");
-                let mut sep = qb.separated(", ");
-                for &i in chunk {
-                    sep.push_bind(to_i64(i)?);
-                }
-                sep.push_unseparated(")");
-                qb.build()
-                    .fetch_all(pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| -> Result<_, sqlx::Error> {
-                        Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?
-            });
-            for (idx, blob) in rows {
-                let entry = to_u64(idx)?;
-                if blob.len() != tree_blob_len(entry) {
-                    return Err(StoreError::Corrupt(format!(
-                        "tree nodes of entry {entry} have the wrong size"
-                    )));
-                }
-                trees.insert(entry, blob);
+        for (idx, blob) in self
+            .select_by_index(log_id, "entries", "tree", &completing)
+            .await?
+        {
+            let entry = to_u64(idx)?;
+            if blob.len() != tree_blob_len(entry) {
+                return Err(StoreError::Corrupt(format!(
+                    "tree nodes of entry {entry} have the wrong size"
+                )));
             }
+            trees.insert(entry, blob);
         }
         let mut rest = Vec::new();
         for &i in indices {
@@ -512,9 +569,61 @@ impl Store {
                 None => rest.push(i),
             }
         }
-        for chunk in rest.chunks(LOOKUP_CHUNK) {
+        rest.sort_unstable();
+        rest.dedup();
+        for (idx, row) in self
+            .select_by_index(log_id, "nodes", "hash, size", &rest)
+            .await?
+        {
+            // `hash ‖ size (i64 LE)`, see `select_by_index`.
+            let (hash, size) = row.split_at(row.len().saturating_sub(8));
+            let size = i64::from_le_bytes(size.try_into().expect("8 bytes"));
+            out.insert(to_u64(idx)?, node_from_row(hash.to_vec(), size)?);
+        }
+        Ok(out)
+    }
+
+    /// `(idx, columns)` of `table`'s rows of `log_id` at the sorted, deduplicated `wanted`
+    /// indices. `columns` is one blob column, or `"hash, size"` (then the value is `hash ‖ size
+    /// as i64 LE`). Dense runs (a range proof's nodes, a batch's entries) are read by index
+    /// range, one query each; the rest by `IN` lists.
+    async fn select_by_index(
+        &self,
+        log_id: i64,
+        table: &'static str,
+        columns: &'static str,
+        wanted: &[u64],
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let with_size = columns == "hash, size";
+        let (runs, singles) = split_runs(wanted);
+        let mut out = Vec::with_capacity(wanted.len());
+        for (lo, hi) in runs {
             let rows = on_db!(&self.db, pool, DB => {
-                let mut qb = QueryBuilder::<DB>::new("SELECT idx, hash, size FROM nodes WHERE log_id = ");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT idx, {columns} FROM {table} WHERE log_id = $1 AND idx >= $2 AND idx <= $3"
+                )))
+                .bind(log_id)
+                .bind(to_i64(lo)?)
+                .bind(to_i64(hi)?)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| -> Result<_, sqlx::Error> {
+                    let mut v = r.try_get::<Vec<u8>, _>(1)?;
+                    if with_size {
+                        v.extend_from_slice(&r.try_get::<i64, _>(2)?.to_le_bytes());
+                    }
+                    Ok((r.try_get::<i64, _>(0)?, v))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+            });
+            out.extend(rows.into_iter().filter(|(i, _)| {
+                u64::try_from(*i).is_ok_and(|i| wanted.binary_search(&i).is_ok())
+            }));
+        }
+        for chunk in singles.chunks(LOOKUP_CHUNK) {
+            let rows = on_db!(&self.db, pool, DB => {
+                let mut qb = QueryBuilder::<DB>::new(format!("SELECT idx, {columns} FROM {table} WHERE log_id = "));
                 qb.push_bind(log_id);
                 qb.push(" AND idx IN (");
                 let mut sep = qb.separated(", ");
@@ -527,13 +636,15 @@ impl Store {
                     .await?
                     .into_iter()
                     .map(|r| -> Result<_, sqlx::Error> {
-                        Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?, r.try_get::<i64, _>(2)?))
+                        let mut v = r.try_get::<Vec<u8>, _>(1)?;
+                        if with_size {
+                            v.extend_from_slice(&r.try_get::<i64, _>(2)?.to_le_bytes());
+                        }
+                        Ok((r.try_get::<i64, _>(0)?, v))
                     })
                     .collect::<Result<Vec<_>, _>>()?
             });
-            for (idx, hash, size) in rows {
-                out.insert(to_u64(idx)?, node_from_row(hash, size)?);
-            }
+            out.extend(rows);
         }
         Ok(out)
     }
@@ -638,6 +749,12 @@ impl Store {
                 *cached = Some(WriterState {
                     log_id: state.log_id,
                     appender,
+                });
+                self.notify(LogUpdate {
+                    key,
+                    length: root.length(),
+                    start: old_length,
+                    end: root.length(),
                 });
                 return Ok(root);
             }
@@ -789,6 +906,30 @@ impl Store {
             held_entries: to_u64(held_entries)?,
             forked: row.forked,
         })
+    }
+
+    /// The held signed root of `key`'s log (`None` if the log is unknown or has no root yet):
+    /// one row read, cheaper than [`Self::log_info`].
+    pub async fn root(&self, key: &LogKey) -> Result<Option<SignedRoot>, StoreError> {
+        Ok(self.log_row(key).await?.and_then(|r| r.root))
+    }
+
+    /// Every log's key (cheaper than [`Self::list_logs`]).
+    pub async fn log_keys(&self) -> Result<Vec<LogKey>, StoreError> {
+        let rows = on_db!(&self.db, pool, DB => {
+            sqlx::query("SELECT key FROM logs ORDER BY key")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| r.try_get::<Vec<u8>, _>(0))
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        rows.iter()
+            .map(|k| {
+                LogKey::from_slice(k)
+                    .map_err(|e| StoreError::Corrupt(format!("stored log key: {e}")))
+            })
+            .collect()
     }
 
     /// Every log, ordered by key.
@@ -967,6 +1108,88 @@ impl Store {
         Ok((root, entries, proof))
     }
 
+    /// For a peer that holds a root of `length` (one this store held, so its nodes are here):
+    /// entries from `[start, end)` with a proof against that root, revealing the peaks of
+    /// `upgrade_from` if given. At most `max_bytes` of entries (but at least one) are returned,
+    /// a prefix of the range. The counterpart of [`Self::put_remote_at`].
+    pub async fn get_range_with_proof_at(
+        &self,
+        key: &LogKey,
+        start: u64,
+        end: u64,
+        length: u64,
+        upgrade_from: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<(Vec<Vec<u8>>, Proof), StoreError> {
+        let row = self
+            .log_row(key)
+            .await?
+            .ok_or(StoreError::LogNotFound { key: *key })?;
+        if start > end
+            || end > length
+            || length > row.length
+            || end - start > MAX_BATCH_ENTRIES as u64
+            || upgrade_from.is_some_and(|u| u > length)
+        {
+            return Err(StoreError::OutOfRange);
+        }
+        if start == end {
+            // The root's upgrade proof alone.
+            let targets = match upgrade_from {
+                Some(k) if k < length => Targets::range_upgrading_from(start, 0, k),
+                _ => Targets::range(start, 0),
+            };
+            return Ok((Vec::new(), self.prove_at(row.id, length, &targets).await?));
+        }
+        // Entries in chunks, until the byte budget: at most 256 rows (16 MiB of the largest
+        // entries) are read beyond what is sent.
+        let mut entries: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0u64;
+        let mut at = start;
+        let mut chunk = 64u64;
+        'read: while at < end {
+            let to = (at + chunk).min(end);
+            let rows = on_db!(&self.db, pool, DB => {
+                sqlx::query(
+                    "SELECT idx, data FROM entries WHERE log_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx",
+                )
+                .bind(row.id)
+                .bind(to_i64(at)?)
+                .bind(to_i64(to)?)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)) })
+                .collect::<Result<Vec<_>, _>>()?
+            });
+            let asked = to - at;
+            let got = rows.len() as u64;
+            for (idx, data) in rows {
+                let size = data.len() as u64;
+                if to_u64(idx)? != at || (at > start && bytes + size > max_bytes) {
+                    break 'read;
+                }
+                bytes += size;
+                entries.push(data);
+                at += 1;
+            }
+            if got < asked {
+                break; // a gap: the rest is not held
+            }
+            let average = (bytes / entries.len() as u64).max(1);
+            chunk = (max_bytes.saturating_sub(bytes) / average).clamp(16, 256);
+        }
+        if entries.is_empty() {
+            return Err(StoreError::EntryNotHeld { index: start });
+        }
+        let targets = match upgrade_from {
+            Some(k) if k < length => Targets::range_upgrading_from(start, at - start, k),
+            _ => Targets::range(start, at - start),
+        };
+        let proof = self.prove_at(row.id, length, &targets).await?;
+        Ok((entries, proof))
+    }
+
     /// Stores entries `[start, start + entries.len())` of `root`'s log received from someone else,
     /// after verifying them with `proof` against `root`. If the log's held root is shorter, the
     /// proof must reveal its peaks (see [`Self::get_range_with_proof`]) and `root` becomes the held
@@ -977,6 +1200,40 @@ impl Store {
         start: u64,
         entries: &[E],
         proof: &Proof,
+    ) -> Result<PutOutcome, StoreError> {
+        self.put_remote_inner(root, start, entries, proof, None)
+            .await
+    }
+
+    /// [`Self::put_remote`] for a proof made by [`Self::get_range_with_proof_at`]: it reveals
+    /// the peaks of `upgrade_from` (if given), whatever this store holds now. A root longer than
+    /// the held one is adopted only if the proof established the held root's peaks (it extends
+    /// what is held); if it did not (the held root changed since the request was made: another
+    /// peer or writer got here first), nothing is stored and the answer is
+    /// [`StoreError::StaleRoot`] — ask again, the sender did nothing wrong. A proof that fails
+    /// against `root` is [`StoreError::BadProof`]: the sender's fault.
+    pub async fn put_remote_at<E: AsRef<[u8]>>(
+        &self,
+        root: &SignedRoot,
+        start: u64,
+        entries: &[E],
+        proof: &Proof,
+        upgrade_from: Option<u64>,
+    ) -> Result<PutOutcome, StoreError> {
+        if upgrade_from.is_some_and(|u| u > root.length()) {
+            return Err(StoreError::OutOfRange);
+        }
+        self.put_remote_inner(root, start, entries, proof, Some(upgrade_from))
+            .await
+    }
+
+    async fn put_remote_inner<E: AsRef<[u8]>>(
+        &self,
+        root: &SignedRoot,
+        start: u64,
+        entries: &[E],
+        proof: &Proof,
+        revealed: Option<Option<u64>>,
     ) -> Result<PutOutcome, StoreError> {
         check_batch(entries)?;
         let key = root.key();
@@ -992,11 +1249,25 @@ impl Store {
             let evidence = ForkEvidence::SameLength { a: cur, b: *root };
             return self.record_fork(row.id, evidence).await;
         }
-        let reveal = match current {
-            Some(cur) if root.length() > cur.length() => tree::full_roots(cur.length()),
-            _ => Vec::new(),
+        let reveal = match (revealed, current) {
+            (Some(from), _) => from.map(tree::full_roots).unwrap_or_default(),
+            (None, Some(cur)) if root.length() > cur.length() => tree::full_roots(cur.length()),
+            (None, _) => Vec::new(),
         };
         let verified = proof.verify(root, start, entries, &reveal)?;
+        if let Some(cur) = current
+            && root.length() > cur.length()
+            && !tree::full_roots(cur.length())
+                .iter()
+                .all(|i| verified.nodes.contains_key(i))
+        {
+            // The proof does not show that `root` extends the held root (it revealed another
+            // length's peaks).
+            return Err(StoreError::StaleRoot {
+                offered: root.length(),
+                held: cur.length(),
+            });
+        }
 
         // Everything proven must agree with what is held: a full node never changes.
         let indices: Vec<u64> = verified.nodes.keys().copied().collect();
@@ -1106,6 +1377,14 @@ impl Store {
             && let Ok(mut cached) = slot.try_lock()
         {
             *cached = None;
+        }
+        if upgrade || !entries.is_empty() {
+            self.notify(LogUpdate {
+                key,
+                length: root.length().max(current.map_or(0, |c| c.length())),
+                start,
+                end,
+            });
         }
         Ok(PutOutcome::Stored {
             root: if upgrade {
@@ -1277,3 +1556,22 @@ impl Store {
 
 mod mailbox;
 pub use mailbox::MailboxStats;
+
+#[cfg(test)]
+mod tests {
+    use super::split_runs;
+
+    #[test]
+    fn dense_indices_become_runs_and_the_rest_stays_single() {
+        let mut v: Vec<u64> = (100..140).collect();
+        v.extend([3, 7, 500, 9000]);
+        v.extend((1000..1064).step_by(4));
+        v.sort_unstable();
+        let (runs, singles) = split_runs(&v);
+        assert_eq!(runs, vec![(100, 139), (1000, 1060)]);
+        assert_eq!(singles, vec![3, 7, 500, 9000]);
+        let covered: usize = singles.len() + 40 + 16;
+        assert_eq!(covered, v.len());
+        assert_eq!(split_runs(&[]), (vec![], vec![]));
+    }
+}

@@ -40,6 +40,65 @@ impl RangeSet {
         self.ranges.insert(start, end);
     }
 
+    /// Removes `[start, end)`, splitting ranges that straddle its edges.
+    pub fn remove(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let overlapping: Vec<(u64, u64)> = self
+            .ranges
+            .range(..end)
+            .rev()
+            .take_while(|&(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in overlapping {
+            self.ranges.remove(&s);
+            if s < start {
+                self.ranges.insert(s, start);
+            }
+            if e > end {
+                self.ranges.insert(end, e);
+            }
+        }
+    }
+
+    /// The indices in both sets.
+    pub fn intersection(&self, other: &RangeSet) -> RangeSet {
+        let mut out = RangeSet::new();
+        for (s, e) in self.iter() {
+            for (os, oe) in other
+                .ranges
+                .range(..e)
+                .rev()
+                .take_while(|&(_, &oe)| oe > s)
+                .map(|(&a, &b)| (a, b))
+            {
+                out.insert(s.max(os), e.min(oe));
+            }
+        }
+        out
+    }
+
+    /// The indices in `self` but not in `other`.
+    pub fn difference(&self, other: &RangeSet) -> RangeSet {
+        let mut out = self.clone();
+        for (s, e) in other.iter() {
+            out.remove(s, e);
+        }
+        out
+    }
+
+    /// The first held index, if any.
+    pub fn first(&self) -> Option<u64> {
+        self.ranges.keys().next().copied()
+    }
+
+    /// The number of disjoint ranges.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
     pub fn contains(&self, index: u64) -> bool {
         self.ranges
             .range(..=index)
@@ -127,13 +186,36 @@ mod tests {
 
     proptest! {
         #[test]
-        fn behaves_like_a_set_of_indices(ops in proptest::collection::vec((0u64..200, 0u64..20), 0..40)) {
+        fn behaves_like_a_set_of_indices(
+            ops in proptest::collection::vec((0u64..200, 0u64..20, any::<bool>()), 0..40),
+            other in proptest::collection::vec((0u64..200, 0u64..30), 0..10),
+        ) {
             let mut set = RangeSet::new();
             let mut model = BTreeSet::new();
-            for (s, len) in ops {
-                set.insert(s, s + len);
-                model.extend(s..s + len);
+            for (s, len, add) in ops {
+                if add {
+                    set.insert(s, s + len);
+                    model.extend(s..s + len);
+                } else {
+                    set.remove(s, s + len);
+                    for i in s..s + len {
+                        model.remove(&i);
+                    }
+                }
             }
+            let mut o = RangeSet::new();
+            let mut o_model = BTreeSet::new();
+            for (s, len) in other {
+                o.insert(s, s + len);
+                o_model.extend(s..s + len);
+            }
+            let both = set.intersection(&o);
+            let only = set.difference(&o);
+            for i in 0..230 {
+                prop_assert_eq!(both.contains(i), model.contains(&i) && o_model.contains(&i));
+                prop_assert_eq!(only.contains(i), model.contains(&i) && !o_model.contains(&i));
+            }
+            prop_assert_eq!(set.first(), model.iter().next().copied());
             prop_assert_eq!(set.count(), model.len() as u64);
             for i in 0..230 {
                 prop_assert_eq!(set.contains(i), model.contains(&i));

@@ -1,0 +1,784 @@
+//! Replication over the network, and blind mirrors.
+//!
+//! Peers speak [`wire`] (ALPN [`ALPN`], `kith/store/1`) over [`crate::net::PeerChannel`]s. A
+//! session ([`session`]) is symmetric: each side opens the logs it holds or wants (by discovery
+//! id, with a capability proving it knows the key), says what it has (signed root and held
+//! ranges), requests what it lacks in pipelined batches, and stores every batch only after its
+//! proof verified ([`crate::Store::put_remote_at`]). Live appends on either side are announced
+//! to the sessions that have the log open and fetched. Fork evidence found on the way is kept
+//! and passed on.
+//!
+//! [`Replicator`] runs it for a node: it serves incoming sessions, announces the
+//! [`crate::net::log_topic`] of every log it holds, syncs or follows logs by looking their
+//! topics up (retrying with backoff while no peer answers), and keeps **mirrors**: logs this
+//! node replicates and serves for others knowing only the public key — it holds ciphertext and
+//! signatures and nothing else, like any member's store — within a per-log and a total byte
+//! quota, evicting the oldest entry bytes of the lowest-priority mirrors first (tree nodes and
+//! roots stay, so what remains still verifies). The node's own logs are never evicted.
+
+pub mod session;
+pub mod wire;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use session::SessionReport;
+pub use wire::{ALPN, Discovery, discovery_id};
+
+use crate::Store;
+use crate::error::StoreError;
+use crate::log::LogKey;
+use crate::net::{Network, PeerChannel, PeerId, log_topic};
+
+/// How a [`Replicator`] behaves.
+#[derive(Clone, Debug)]
+pub struct ReplicatorConfig {
+    /// The most entry bytes held for all mirrored logs together (`None`: no total quota). Over
+    /// it, the lowest-priority mirrors lose their oldest entries first.
+    pub total_quota_bytes: Option<u64>,
+    /// Requests in flight per log per session.
+    pub max_in_flight: usize,
+    /// A peer that sends nothing for this long while we wait on it is dropped; also the bound
+    /// on the hello and on closing.
+    pub timeout: Duration,
+    /// First wait before looking a followed log's peers up again when none answered; doubles
+    /// up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// How often a followed log's topic is looked up again while sessions run, and every
+    /// held log's topic re-announced.
+    pub lookup_interval: Duration,
+    pub announce_interval: Duration,
+    /// The most sessions peers may have open with us at once.
+    pub max_incoming: usize,
+}
+
+impl Default for ReplicatorConfig {
+    fn default() -> Self {
+        ReplicatorConfig {
+            total_quota_bytes: None,
+            max_in_flight: 4,
+            timeout: Duration::from_secs(30),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(60),
+            lookup_interval: Duration::from_secs(30),
+            announce_interval: Duration::from_secs(300),
+            max_incoming: 64,
+        }
+    }
+}
+
+/// A mirror's policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MirrorPolicy {
+    /// The most entry bytes to hold for this log (`None`: only the total quota applies).
+    pub quota_bytes: Option<u64>,
+    /// Over the total quota, lower priorities are evicted first.
+    pub priority: i32,
+}
+
+/// A mirrored log as [`Replicator::list_mirrors`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MirrorInfo {
+    pub key: LogKey,
+    pub policy: MirrorPolicy,
+    /// The held root's length.
+    pub length: u64,
+    pub held_entries: u64,
+    pub bytes_held: u64,
+    /// Entries below this were evicted for quota.
+    pub evicted_below: u64,
+    /// Peers that advertised this log to us since this replicator started.
+    pub peers_seen: u64,
+    /// When a session last brought the log up to a peer's length (unix ms).
+    pub last_sync_ms: Option<u64>,
+    pub forked: bool,
+}
+
+/// Cumulative counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReplicatorStats {
+    pub entries_sent: u64,
+    pub entries_received: u64,
+    /// Sessions cut because the peer broke the protocol (bad proofs, garbage, …).
+    pub protocol_errors: u64,
+    pub sessions: u64,
+}
+
+/// What [`Replicator::sync_log`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    /// Peers found under the log's topic.
+    pub peers_found: usize,
+    /// Peers a session completed with.
+    pub peers_synced: usize,
+    pub entries_received: u64,
+    /// The held root's length afterwards.
+    pub length: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub entries_sent: AtomicU64,
+    pub entries_received: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub sessions: AtomicU64,
+}
+
+struct MirrorState {
+    policy: MirrorPolicy,
+    /// Entry bytes held (exact after each quota check, an upper bound in between).
+    bytes: u64,
+    evicted_below: u64,
+    peers: HashSet<PeerId>,
+}
+
+/// What every session shares.
+pub(crate) struct Inner {
+    pub(crate) store: Arc<Store>,
+    network: Arc<dyn Network>,
+    pub(crate) config: ReplicatorConfig,
+    /// Logs we answer for, by discovery id.
+    known: Mutex<HashMap<Discovery, LogKey>>,
+    /// When `known` was last re-read from the store.
+    refreshed: Mutex<Option<std::time::Instant>>,
+    mirrors: Mutex<HashMap<LogKey, MirrorState>>,
+    /// One quota pass at a time.
+    evicting: tokio::sync::Mutex<()>,
+    pub(crate) stats: Stats,
+    stop: watch::Sender<bool>,
+    /// Live sessions by (peer, log), so a followed log has one session per peer.
+    following: Mutex<HashSet<(PeerId, LogKey)>>,
+    incoming: AtomicUsize,
+    active: AtomicUsize,
+}
+
+impl Inner {
+    pub(crate) fn known(&self, discovery: &Discovery) -> Option<LogKey> {
+        self.known
+            .lock()
+            .expect("known lock")
+            .get(discovery)
+            .copied()
+    }
+
+    /// [`Self::known`], re-reading the store's logs first on a miss (at most once a second:
+    /// logs appended or received since the last read, e.g. before [`Replicator::start`]).
+    pub(crate) async fn find(&self, discovery: &Discovery) -> Result<Option<LogKey>, StoreError> {
+        if let Some(key) = self.known(discovery) {
+            return Ok(Some(key));
+        }
+        let stale = {
+            let mut last = self.refreshed.lock().expect("refreshed lock");
+            let stale = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+            if stale {
+                *last = Some(std::time::Instant::now());
+            }
+            stale
+        };
+        if stale {
+            for key in self.store.log_keys().await? {
+                self.register(key);
+            }
+        }
+        Ok(self.known(discovery))
+    }
+
+    /// Adds `key` to the logs we answer for; true if it is new.
+    pub(crate) fn register(&self, key: LogKey) -> bool {
+        self.known
+            .lock()
+            .expect("known lock")
+            .insert(discovery_id(&key), key)
+            .is_none()
+    }
+
+    pub(crate) fn evicted_below(&self, key: &LogKey) -> u64 {
+        self.mirrors
+            .lock()
+            .expect("mirrors lock")
+            .get(key)
+            .map_or(0, |m| m.evicted_below)
+    }
+
+    pub(crate) fn note_peer(&self, key: &LogKey, peer: PeerId) {
+        if let Some(m) = self.mirrors.lock().expect("mirrors lock").get_mut(key) {
+            m.peers.insert(peer);
+        }
+    }
+
+    pub(crate) async fn synced(&self, key: &LogKey) -> Result<(), StoreError> {
+        let mirrored = self.mirrors.lock().expect("mirrors lock").contains_key(key);
+        if mirrored {
+            self.store.mirror_synced(key).await?;
+        }
+        Ok(())
+    }
+
+    /// After `bytes` of `key`'s entries were stored: enforce quotas if they may be exceeded.
+    /// Returns the log's new eviction mark if it moved.
+    pub(crate) async fn after_store(
+        &self,
+        key: &LogKey,
+        bytes: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let over = {
+            let mut mirrors = self.mirrors.lock().expect("mirrors lock");
+            let Some(m) = mirrors.get_mut(key) else {
+                return Ok(None);
+            };
+            m.bytes += bytes;
+            let log_over = m.policy.quota_bytes.is_some_and(|q| m.bytes > q);
+            let total: u64 = mirrors.values().map(|m| m.bytes).sum();
+            log_over || self.config.total_quota_bytes.is_some_and(|t| total > t)
+        };
+        if !over {
+            return Ok(None);
+        }
+        let before = self.evicted_below(key);
+        self.enforce_quotas().await?;
+        let after = self.evicted_below(key);
+        Ok((after > before).then_some(after))
+    }
+
+    /// Brings every mirror within its quota, then all of them within the total quota,
+    /// evicting from the lowest priority (then the earliest added) first.
+    pub(crate) async fn enforce_quotas(&self) -> Result<(), StoreError> {
+        let _one = self.evicting.lock().await;
+        let rows = self.store.mirrors().await?;
+        let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
+        let mut bytes = self.store.entry_bytes(&keys).await?;
+        let mut marks: HashMap<LogKey, u64> =
+            rows.iter().map(|m| (m.key, m.evicted_below)).collect();
+        for m in &rows {
+            if self.store.writes(&m.key) {
+                continue;
+            }
+            let held = bytes[&m.key];
+            if let Some(q) = m.quota_bytes
+                && held > q
+            {
+                let report = self.store.evict_oldest(&m.key, held - q).await?;
+                *bytes.get_mut(&m.key).expect("counted") -= report.bytes;
+                marks.insert(m.key, report.evicted_below);
+            }
+        }
+        if let Some(total_quota) = self.config.total_quota_bytes {
+            let mut order: Vec<_> = rows.iter().collect();
+            order.sort_by_key(|m| (m.priority, m.added_ms));
+            let mut total: u64 = bytes.values().sum();
+            for m in order {
+                if total <= total_quota {
+                    break;
+                }
+                if self.store.writes(&m.key) {
+                    continue;
+                }
+                let report = self.store.evict_oldest(&m.key, total - total_quota).await?;
+                total -= report.bytes;
+                *bytes.get_mut(&m.key).expect("counted") -= report.bytes;
+                marks.insert(m.key, report.evicted_below);
+            }
+        }
+        let mut mirrors = self.mirrors.lock().expect("mirrors lock");
+        for (key, state) in mirrors.iter_mut() {
+            if let Some(b) = bytes.get(key) {
+                state.bytes = *b;
+            }
+            if let Some(m) = marks.get(key) {
+                state.evicted_below = state.evicted_below.max(*m);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replication for one node: serves peers, syncs and follows logs, keeps mirrors.
+pub struct Replicator {
+    inner: Arc<Inner>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    follows: Mutex<HashMap<LogKey, JoinHandle<()>>>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("peer", &hex::encode(self.inner.network.local_peer()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replicator {
+    /// A replicator for `store` on `network`. Nothing runs until [`Self::start`] (or a
+    /// direct call to [`Self::sync_log`], [`Self::replicate`] or [`Self::handle`]).
+    pub fn new(
+        store: Arc<Store>,
+        network: Arc<dyn Network>,
+        config: ReplicatorConfig,
+    ) -> Arc<Replicator> {
+        Arc::new(Replicator {
+            inner: Arc::new(Inner {
+                store,
+                network,
+                config,
+                known: Mutex::default(),
+                refreshed: Mutex::default(),
+                mirrors: Mutex::default(),
+                evicting: tokio::sync::Mutex::new(()),
+                stats: Stats::default(),
+                stop: watch::channel(false).0,
+                following: Mutex::default(),
+                incoming: AtomicUsize::new(0),
+                active: AtomicUsize::new(0),
+            }),
+            tasks: Mutex::default(),
+            follows: Mutex::default(),
+            started: Default::default(),
+        })
+    }
+
+    /// Loads what the store holds (logs and persisted mirrors), serves incoming sessions on
+    /// [`ALPN`], announces every held log's topic (again every `announce_interval`, and new
+    /// logs as they appear) and follows every mirror.
+    pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let listening = async {
+            self.load().await?;
+            self.inner.network.listen(ALPN).await
+        }
+        .await;
+        let mut incoming = match listening {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                // Not started: a later `start` tries again.
+                self.started.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let me = self.clone();
+        let accept = tokio::spawn(async move {
+            let mut stop = me.inner.stop.subscribe();
+            loop {
+                tokio::select! {
+                    ch = incoming.recv() => match ch {
+                        Some(ch) => {
+                            if me.inner.incoming.load(Ordering::SeqCst) >= me.inner.config.max_incoming {
+                                tracing::warn!(peer = %hex::encode(ch.peer), "too many store sessions; refusing one");
+                                continue;
+                            }
+                            let me2 = me.clone();
+                            me.inner.incoming.fetch_add(1, Ordering::SeqCst);
+                            tokio::spawn(async move {
+                                let _ = me2.handle(ch).await;
+                                me2.inner.incoming.fetch_sub(1, Ordering::SeqCst);
+                            });
+                        }
+                        None => return,
+                    },
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        let me = self.clone();
+        let announce = tokio::spawn(async move {
+            let mut stop = me.inner.stop.subscribe();
+            let mut updates = me.inner.store.subscribe();
+            let mut tick = tokio::time::interval(me.inner.config.announce_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => me.announce_all().await,
+                    u = updates.recv() => {
+                        if let Ok(u) = u
+                            && me.inner.register(u.key)
+                            && let Err(e) = me.inner.network.announce(log_topic(&u.key)).await
+                        {
+                            tracing::debug!(log = %u.key, error = %e, "announcing a new log failed");
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        self.tasks
+            .lock()
+            .expect("tasks lock")
+            .extend([accept, announce]);
+        let mirrors: Vec<LogKey> = self
+            .inner
+            .mirrors
+            .lock()
+            .expect("mirrors lock")
+            .keys()
+            .copied()
+            .collect();
+        for key in mirrors {
+            self.follow(key);
+        }
+        Ok(())
+    }
+
+    /// Reads the held logs and the mirror table into memory.
+    async fn load(&self) -> Result<(), StoreError> {
+        for key in self.inner.store.log_keys().await? {
+            self.inner.register(key);
+        }
+        let rows = self.inner.store.mirrors().await?;
+        let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
+        let bytes = self.inner.store.entry_bytes(&keys).await?;
+        let mut mirrors = self.inner.mirrors.lock().expect("mirrors lock");
+        for m in rows {
+            self.inner.register(m.key);
+            mirrors.entry(m.key).or_insert(MirrorState {
+                policy: MirrorPolicy {
+                    quota_bytes: m.quota_bytes,
+                    priority: m.priority,
+                },
+                bytes: bytes[&m.key],
+                evicted_below: m.evicted_below,
+                peers: HashSet::new(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn announce_all(&self) {
+        let keys: Vec<LogKey> = self
+            .inner
+            .known
+            .lock()
+            .expect("known lock")
+            .values()
+            .copied()
+            .collect();
+        for key in keys {
+            if let Err(e) = self.inner.network.announce(log_topic(&key)).await {
+                tracing::debug!(log = %key, error = %e, "announcing a log failed");
+            }
+        }
+    }
+
+    /// Serves one incoming session (a stream a peer opened on [`ALPN`]) until the peer ends
+    /// it or the replicator shuts down: answers for the logs we hold that the peer opens, and
+    /// pulls what we lack of them.
+    pub async fn handle(
+        self: &Arc<Self>,
+        channel: PeerChannel,
+    ) -> Result<SessionReport, StoreError> {
+        self.run_session(channel, session::Role::Acceptor).await
+    }
+
+    /// Replicates `logs` over a stream we opened to a peer. With `live`, the session stays and
+    /// follows both sides' appends until [`Self::shutdown`] or the peer leaves; otherwise it
+    /// ends once both sides have what they wanted from each other.
+    pub async fn replicate(
+        self: &Arc<Self>,
+        channel: PeerChannel,
+        logs: &[LogKey],
+        live: bool,
+    ) -> Result<SessionReport, StoreError> {
+        for key in logs {
+            self.inner.register(*key);
+        }
+        self.run_session(
+            channel,
+            session::Role::Initiator {
+                logs: logs.to_vec(),
+                live,
+            },
+        )
+        .await
+    }
+
+    async fn run_session(
+        &self,
+        channel: PeerChannel,
+        role: session::Role,
+    ) -> Result<SessionReport, StoreError> {
+        self.inner.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        self.inner.active.fetch_add(1, Ordering::SeqCst);
+        let stop = self.inner.stop.subscribe();
+        let result = if *stop.borrow() {
+            Err(StoreError::Network("replicator is shut down".into()))
+        } else {
+            session::run(self.inner.clone(), channel, role, stop).await
+        };
+        self.inner.active.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Brings `key`'s log up to date once: looks up the peers announced under its topic and
+    /// runs a session with each reachable one in turn (each asks only for what is still
+    /// missing). While no peer can be reached it retries with backoff, three times.
+    pub async fn sync_log(self: &Arc<Self>, key: LogKey) -> Result<SyncReport, StoreError> {
+        if self.inner.register(key) {
+            self.inner.store.create_log(&key).await?;
+        }
+        if let Err(e) = self.inner.network.announce(log_topic(&key)).await {
+            tracing::debug!(log = %key, error = %e, "announcing a log failed");
+        }
+        let mut report = SyncReport::default();
+        let mut delay = self.inner.config.retry_initial;
+        let mut last_error = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.inner.config.retry_max);
+            }
+            let peers = self.inner.network.lookup(log_topic(&key)).await?;
+            report.peers_found = peers.len();
+            for peer in peers {
+                let channel = match self.inner.network.open(peer, ALPN).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(peer = %hex::encode(peer), error = %e, "peer unreachable");
+                        last_error = Some(e);
+                        continue;
+                    }
+                };
+                match self.replicate(channel, &[key], false).await {
+                    Ok(r) => {
+                        report.peers_synced += 1;
+                        report.entries_received += r.entries_received;
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %hex::encode(peer), error = %e, "sync session failed");
+                        last_error = Some(e);
+                    }
+                }
+            }
+            if report.peers_synced > 0 {
+                report.length = self.inner.store.log_info(&key).await?.length;
+                return Ok(report);
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| StoreError::Network(format!("no peer found for log {key}"))))
+    }
+
+    /// Keeps `key`'s log replicated in the background: looks its topic up, keeps one live
+    /// session with every peer found (re-looking up every `lookup_interval`), and retries with
+    /// backoff while none answers. Until [`Self::unfollow`] or [`Self::shutdown`].
+    pub fn follow(self: &Arc<Self>, key: LogKey) {
+        let mut follows = self.follows.lock().expect("follows lock");
+        if follows.get(&key).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        self.inner.register(key);
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = me.inner.store.create_log(&key).await {
+                tracing::warn!(log = %key, error = %e, "cannot follow log");
+                return;
+            }
+            let mut stop = me.inner.stop.subscribe();
+            let mut delay = me.inner.config.retry_initial;
+            loop {
+                if let Err(e) = me.inner.network.announce(log_topic(&key)).await {
+                    tracing::debug!(log = %key, error = %e, "announcing a log failed");
+                }
+                let peers = me
+                    .inner
+                    .network
+                    .lookup(log_topic(&key))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::debug!(log = %key, error = %e, "looking a log's peers up failed");
+                        Vec::new()
+                    });
+                for peer in peers {
+                    if me
+                        .inner
+                        .following
+                        .lock()
+                        .expect("following lock")
+                        .contains(&(peer, key))
+                    {
+                        continue;
+                    }
+                    match me.inner.network.open(peer, ALPN).await {
+                        Ok(channel) => {
+                            me.inner
+                                .following
+                                .lock()
+                                .expect("following lock")
+                                .insert((peer, key));
+                            let me2 = me.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = me2.replicate(channel, &[key], true).await {
+                                    tracing::debug!(log = %key, peer = %hex::encode(peer), error = %e, "follow session ended");
+                                }
+                                me2.inner
+                                    .following
+                                    .lock()
+                                    .expect("following lock")
+                                    .remove(&(peer, key));
+                            });
+                        }
+                        Err(e) => {
+                            tracing::debug!(peer = %hex::encode(peer), error = %e, "peer unreachable");
+                        }
+                    }
+                }
+                let connected = me
+                    .inner
+                    .following
+                    .lock()
+                    .expect("following lock")
+                    .iter()
+                    .any(|(_, k)| *k == key);
+                let wait = if connected {
+                    delay = me.inner.config.retry_initial;
+                    me.inner.config.lookup_interval
+                } else {
+                    let d = delay;
+                    delay = (delay * 2).min(me.inner.config.retry_max);
+                    d
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        follows.insert(key, task);
+    }
+
+    /// Stops looking for new peers of `key`'s log (running sessions end with the replicator).
+    pub fn unfollow(&self, key: &LogKey) {
+        if let Some(task) = self.follows.lock().expect("follows lock").remove(key) {
+            task.abort();
+        }
+    }
+
+    /// Mirrors `key`'s log: replicates and serves it without any decryption key, within
+    /// `policy`. Persisted (a restarted node keeps mirroring); calling it again updates the
+    /// policy. Refused for a log this node writes.
+    pub async fn add_mirror(
+        self: &Arc<Self>,
+        key: LogKey,
+        policy: MirrorPolicy,
+    ) -> Result<MirrorInfo, StoreError> {
+        let row = self
+            .inner
+            .store
+            .set_mirror(&key, policy.quota_bytes, policy.priority)
+            .await?;
+        let bytes = self.inner.store.entry_bytes(&[key]).await?[&key];
+        {
+            let mut mirrors = self.inner.mirrors.lock().expect("mirrors lock");
+            let state = mirrors.entry(key).or_insert(MirrorState {
+                policy,
+                bytes,
+                evicted_below: row.evicted_below,
+                peers: HashSet::new(),
+            });
+            state.policy = policy;
+            state.bytes = bytes;
+        }
+        self.inner.register(key);
+        self.inner.enforce_quotas().await?;
+        if self.started.load(Ordering::SeqCst) {
+            if let Err(e) = self.inner.network.announce(log_topic(&key)).await {
+                tracing::debug!(log = %key, error = %e, "announcing a log failed");
+            }
+            self.follow(key);
+        }
+        self.mirror_info(&key)
+            .await?
+            .ok_or(StoreError::LogNotFound { key })
+    }
+
+    /// Stops mirroring `key` and deletes what was held for it. Returns whether it was mirrored.
+    pub async fn remove_mirror(&self, key: &LogKey) -> Result<bool, StoreError> {
+        self.unfollow(key);
+        self.inner.mirrors.lock().expect("mirrors lock").remove(key);
+        let removed = self.inner.store.remove_mirror(key).await?;
+        if removed {
+            self.inner
+                .known
+                .lock()
+                .expect("known lock")
+                .remove(&discovery_id(key));
+        }
+        Ok(removed)
+    }
+
+    /// Every mirrored log with its policy and state, ordered by key.
+    pub async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>, StoreError> {
+        let rows = self.inner.store.mirrors().await?;
+        let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
+        let bytes = self.inner.store.entry_bytes(&keys).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for m in rows {
+            let info = self.inner.store.log_info(&m.key).await?;
+            let peers_seen = self
+                .inner
+                .mirrors
+                .lock()
+                .expect("mirrors lock")
+                .get(&m.key)
+                .map_or(0, |s| s.peers.len() as u64);
+            out.push(MirrorInfo {
+                key: m.key,
+                policy: MirrorPolicy {
+                    quota_bytes: m.quota_bytes,
+                    priority: m.priority,
+                },
+                length: info.length,
+                held_entries: info.held_entries,
+                bytes_held: bytes[&m.key],
+                evicted_below: m.evicted_below,
+                peers_seen,
+                last_sync_ms: m.last_sync_ms,
+                forked: info.forked,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn mirror_info(&self, key: &LogKey) -> Result<Option<MirrorInfo>, StoreError> {
+        Ok(self
+            .list_mirrors()
+            .await?
+            .into_iter()
+            .find(|m| m.key == *key))
+    }
+
+    /// Cumulative counters since this replicator was made.
+    pub fn stats(&self) -> ReplicatorStats {
+        let s = &self.inner.stats;
+        ReplicatorStats {
+            entries_sent: s.entries_sent.load(Ordering::Relaxed),
+            entries_received: s.entries_received.load(Ordering::Relaxed),
+            protocol_errors: s.protocol_errors.load(Ordering::Relaxed),
+            sessions: s.sessions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops everything: no new sessions, running ones end (each finishes what it was sending),
+    /// background tasks stop. Waits up to the configured timeout for sessions to end.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        for (_, task) in self.follows.lock().expect("follows lock").drain() {
+            task.abort();
+        }
+        let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();
+        for task in tasks {
+            task.abort();
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        while self.inner.active.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
