@@ -23,6 +23,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod files;
 pub mod log;
 pub mod net;
 #[cfg(feature = "testing")]
