@@ -152,7 +152,10 @@ async fn every_held_block_verifies(store: &Store, id: &FileId) {
         let mut at = s;
         while at < e {
             let end = (at + 64).min(e);
-            store.read_file_blocks(id, at..end).await.expect("held blocks verify");
+            store
+                .read_file_blocks(id, at..end)
+                .await
+                .expect("held blocks verify");
             at = end;
         }
     }
@@ -170,11 +173,21 @@ async fn files_round_trip_at_every_size_boundary() {
         {
             let plain = plaintext(k as u8, len);
             let ticket = put(&store, &plain).await;
-            assert_eq!(get(&store, &ticket, 0..u64::MAX).await, plain, "{} len {len}", db.name);
+            assert_eq!(
+                get(&store, &ticket, 0..u64::MAX).await,
+                plain,
+                "{} len {len}",
+                db.name
+            );
             let info = store.file_info(&ticket.id).await.unwrap();
             assert_eq!(info.held_bytes, info.size);
             assert_eq!(
-                store.file_held(&ticket.id).await.unwrap().iter().collect::<Vec<_>>(),
+                store
+                    .file_held(&ticket.id)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .collect::<Vec<_>>(),
                 vec![(0, info.blocks)]
             );
             // The ticket travels as a string.
@@ -189,7 +202,10 @@ async fn files_round_trip_at_every_size_boundary() {
         assert_eq!(listed.len(), 8);
         assert_eq!(
             stats.bytes,
-            tickets.iter().map(|(t, _)| t.ciphertext_size()).sum::<u64>()
+            tickets
+                .iter()
+                .map(|(t, _)| t.ciphertext_size())
+                .sum::<u64>()
         );
         // Importing the same file again changes nothing.
         let (first, plain) = &tickets[7];
@@ -257,19 +273,35 @@ async fn fetching_whole_files_and_ranges_between_stores() {
         // A range first: B holds only the blocks that cover it.
         let want = ticket.blocks_for(100_000..400_000);
         let mut calls = Vec::new();
-        let report = files::fetch(&b, &net, peer(1), ticket.id, want.clone(), |p| calls.push(p))
-            .await
-            .unwrap();
+        let report = files::fetch(&b, &net, peer(1), ticket.id, want.clone(), |p| {
+            calls.push(p)
+        })
+        .await
+        .unwrap();
         assert!(report.complete(), "{}", db.name);
         assert_eq!(report.blocks_received, want.end - want.start);
         assert_eq!(
-            b.file_held(&ticket.id).await.unwrap().iter().collect::<Vec<_>>(),
+            b.file_held(&ticket.id)
+                .await
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
             vec![(want.start, want.end)]
         );
         let last = calls.last().unwrap();
-        assert_eq!((last.held, last.total, last.received), (report.bytes_received, report.bytes_received, report.bytes_received));
+        assert_eq!(
+            (last.held, last.total, last.received),
+            (
+                report.bytes_received,
+                report.bytes_received,
+                report.bytes_received
+            )
+        );
         assert!(calls.windows(2).all(|w| w[0].held <= w[1].held));
-        assert_eq!(get(&b, &ticket, 100_000..400_000).await, plain[100_000..400_000]);
+        assert_eq!(
+            get(&b, &ticket, 100_000..400_000).await,
+            plain[100_000..400_000]
+        );
         assert!(matches!(
             read_plaintext(&b, &ticket, 0..u64::MAX, &mut Vec::new()).await,
             Err(StoreError::BlockNotHeld { index: 0 })
@@ -302,7 +334,10 @@ async fn fetching_whole_files_and_ranges_between_stores() {
             files::fetch(&c, &net, peer(1), other, 0..u64::MAX, |_| {}).await,
             Err(StoreError::FileNotFound { .. })
         ));
-        assert!(matches!(c.file_info(&other).await, Err(StoreError::FileNotFound { .. })));
+        assert!(matches!(
+            c.file_info(&other).await,
+            Err(StoreError::FileNotFound { .. })
+        ));
     }
 }
 
@@ -323,12 +358,20 @@ async fn an_interrupted_fetch_resumes_with_only_the_missing_blocks() {
         let err = files::fetch(&b, &net, peer(1), ticket.id, 0..u64::MAX, |_| {})
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::Network(_)), "{}: {err:?}", db.name);
+        assert!(
+            matches!(err, StoreError::Network(_)),
+            "{}: {err:?}",
+            db.name
+        );
         let held = b.file_info(&ticket.id).await.unwrap();
         // Everything that arrived before the cut was kept: every whole block frame after the
         // header (13 bytes) and the outboard frame (5 + 32 per block).
         let before_blocks = 13 + 5 + 32 * held.blocks;
-        assert_eq!(held.held_blocks, (cut - before_blocks) / (BLOCK_BYTES + 13), "{held:?}");
+        assert_eq!(
+            held.held_blocks,
+            (cut - before_blocks) / (BLOCK_BYTES + 13),
+            "{held:?}"
+        );
         assert!(!held.complete());
         every_held_block_verifies(&b, &ticket.id).await;
 
@@ -343,7 +386,12 @@ async fn an_interrupted_fetch_resumes_with_only_the_missing_blocks() {
         // end frames; no outboard, nothing held twice.
         let resent = second.load(Ordering::Relaxed);
         let blocks = report.blocks_received;
-        assert_eq!(resent, size - held.held_bytes + 13 * blocks + 13 + 5, "{}", db.name);
+        assert_eq!(
+            resent,
+            size - held.held_bytes + 13 * blocks + 13 + 5,
+            "{}",
+            db.name
+        );
         assert_eq!(get(&b, &ticket, 0..u64::MAX).await, plain);
     }
 }
@@ -421,13 +469,21 @@ async fn garbage_oversized_frames_and_a_wrong_outboard_are_refused() {
 
         let random = plaintext(9, 4096);
         fake_peer(&net, 1, random).await;
-        let oversized = frame(2, &[]).into_iter().take(1).chain(u32::MAX.to_le_bytes()).collect();
+        let oversized = frame(2, &[])
+            .into_iter()
+            .take(1)
+            .chain(u32::MAX.to_le_bytes())
+            .collect();
         fake_peer(&net, 2, oversized).await;
         // Another file's real outboard (same size) offered under the ticket's id.
         let mut wrong = frame(2, &size.to_le_bytes());
         let mut cvs = Vec::new();
         for i in 0..size.div_ceil(BLOCK_BYTES) {
-            let block = a.read_file_blocks(&decoy.id, i..i + 1).await.unwrap().remove(0);
+            let block = a
+                .read_file_blocks(&decoy.id, i..i + 1)
+                .await
+                .unwrap()
+                .remove(0);
             cvs.extend_from_slice(&files::hash::block_cv(size, i, &block));
         }
         wrong.extend(frame(4, &cvs));
@@ -453,7 +509,10 @@ async fn garbage_oversized_frames_and_a_wrong_outboard_are_refused() {
             assert!(why.contains(expect), "peer {p}: {why}");
             // Nothing from a bad peer was stored: not even the file's row.
             assert!(
-                matches!(b.file_info(&ticket.id).await, Err(StoreError::FileNotFound { .. })),
+                matches!(
+                    b.file_info(&ticket.id).await,
+                    Err(StoreError::FileNotFound { .. })
+                ),
                 "peer {p}"
             );
         }
@@ -469,7 +528,9 @@ async fn garbage_oversized_frames_and_a_wrong_outboard_are_refused() {
         let served = files::serve(&a, incoming.recv().await.unwrap()).await;
         assert!(matches!(served, Err(StoreError::Protocol(_))), "{served:?}");
         let mut answer = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut channel.recv, &mut answer).await.unwrap();
+        tokio::io::AsyncReadExt::read_to_end(&mut channel.recv, &mut answer)
+            .await
+            .unwrap();
         assert_eq!(answer[0], 7, "an error frame");
         assert!(String::from_utf8_lossy(&answer[5..]).contains("short request"));
     }
@@ -486,10 +547,18 @@ async fn a_wrong_key_or_altered_ciphertext_fails_clearly() {
             ..ticket.clone()
         };
         let mut out = Vec::new();
-        let err = read_plaintext(&store, &wrong, 0..u64::MAX, &mut out).await.unwrap_err();
+        let err = read_plaintext(&store, &wrong, 0..u64::MAX, &mut out)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Decrypt { index: 0 }), "{err:?}");
-        assert_eq!(err.to_string(), "cannot decrypt block 0: wrong key or altered ciphertext");
-        assert!(out.is_empty(), "nothing of a block that does not open is written");
+        assert_eq!(
+            err.to_string(),
+            "cannot decrypt block 0: wrong key or altered ciphertext"
+        );
+        assert!(
+            out.is_empty(),
+            "nothing of a block that does not open is written"
+        );
         let mut wrong_size = ticket.clone();
         wrong_size.size += 1;
         assert!(matches!(
@@ -500,7 +569,9 @@ async fn a_wrong_key_or_altered_ciphertext_fails_clearly() {
         // Ciphertext altered in the database: reads and serving refuse it.
         let url = &db.url;
         alter_block(url, 2).await;
-        let err = read_plaintext(&store, &ticket, 0..u64::MAX, &mut Vec::new()).await.unwrap_err();
+        let err = read_plaintext(&store, &ticket, 0..u64::MAX, &mut Vec::new())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
         assert!(err.to_string().contains("block 2"), "{err}");
         // Blocks before it still read.
@@ -514,18 +585,32 @@ async fn alter_block(url: &str, idx: i64) {
     let block = {
         let store = Store::open(url).await.unwrap();
         let id = store.list_files().await.unwrap()[0].id;
-        let mut b = store.read_file_blocks(&id, idx as u64..idx as u64 + 1).await.unwrap().remove(0);
+        let mut b = store
+            .read_file_blocks(&id, idx as u64..idx as u64 + 1)
+            .await
+            .unwrap()
+            .remove(0);
         store.close().await;
         b[10] ^= 1;
         b
     };
     if url.starts_with("sqlite") {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-        sqlx::query(sql).bind(block).bind(idx).execute(&pool).await.unwrap();
+        sqlx::query(sql)
+            .bind(block)
+            .bind(idx)
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     } else {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
-        sqlx::query(sql).bind(block).bind(idx).execute(&pool).await.unwrap();
+        sqlx::query(sql)
+            .bind(block)
+            .bind(idx)
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     }
 }
@@ -568,7 +653,10 @@ async fn the_store_holds_only_ciphertext() {
                     db.name
                 );
             }
-            assert!(!hay.windows(32).any(|w| w == ticket.key.as_bytes()), "the key is stored");
+            assert!(
+                !hay.windows(32).any(|w| w == ticket.key.as_bytes()),
+                "the key is stored"
+            );
         }
     }
 }

@@ -351,7 +351,11 @@ mod tests {
         for len in [0, 1, c - 1, c, c + 1, 2 * c, 3 * c + 7] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let cipher = encrypt_all(&key, &plain).await;
-            assert_eq!(cipher.len() as u64, ciphertext_size(len as u64), "len {len}");
+            assert_eq!(
+                cipher.len() as u64,
+                ciphertext_size(len as u64),
+                "len {len}"
+            );
             assert_eq!(
                 cipher.len().div_ceil(BLOCK_BYTES as usize) as u64,
                 chunk_count(len as u64)
@@ -418,15 +422,28 @@ mod tests {
         let mut typo = s.clone().into_bytes();
         let at = typo.len() - 5;
         typo[at] = if typo[at] == b'q' { b'p' } else { b'q' };
-        let err = String::from_utf8(typo).unwrap().parse::<Ticket>().unwrap_err();
-        assert!(err.to_string().starts_with("invalid file ticket: not a kithfile1"), "{err}");
+        let err = String::from_utf8(typo)
+            .unwrap()
+            .parse::<Ticket>()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid file ticket: not a kithfile1"),
+            "{err}"
+        );
         let truncated = s[..s.len() - 3].parse::<Ticket>().unwrap_err();
         assert_eq!(truncated.reason(), "invalid_ticket");
         let other = bech32::encode::<Bech32m>(Hrp::parse("kithlink").unwrap(), &[1; 73]).unwrap();
         let err = other.parse::<Ticket>().unwrap_err();
         assert!(err.to_string().contains("expected kithfile1"), "{err}");
         let short = bech32::encode::<Bech32m>(TICKET_HRP, &[1; 10]).unwrap();
-        assert!(short.parse::<Ticket>().unwrap_err().to_string().contains("expected 73"));
+        assert!(
+            short
+                .parse::<Ticket>()
+                .unwrap_err()
+                .to_string()
+                .contains("expected 73")
+        );
         assert!("x".repeat(500).parse::<Ticket>().is_err());
     }
 }

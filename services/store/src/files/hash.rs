@@ -14,7 +14,9 @@
 //! A file of one block has no interior tree: its outboard is the root itself and the block is
 //! verified by hashing it as the root.
 
-use blake3::hazmat::{ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+use blake3::hazmat::{
+    ChainingValue, HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root,
+};
 
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::error::StoreError;
@@ -48,7 +50,9 @@ pub fn root_from_cvs(size: u64, cvs: &[ChainingValue]) -> Result<FileId, StoreEr
         return Err(StoreError::Malformed("file size out of range"));
     }
     if cvs.len() as u64 != block_count(size) {
-        return Err(StoreError::Malformed("outboard length does not match the file size"));
+        return Err(StoreError::Malformed(
+            "outboard length does not match the file size",
+        ));
     }
     if cvs.len() == 1 {
         return Ok(FileId(cvs[0]));
@@ -103,11 +107,8 @@ impl OutboardBuilder {
             return Ok(());
         }
         if let Some(first) = self.first.take() {
-            self.cvs.push(
-                blake3::Hasher::new()
-                    .update(&first)
-                    .finalize_non_root(),
-            );
+            self.cvs
+                .push(blake3::Hasher::new().update(&first).finalize_non_root());
         }
         self.cvs.push(
             blake3::Hasher::new()
@@ -136,7 +137,9 @@ pub fn encode_cvs(cvs: &[ChainingValue]) -> Vec<u8> {
 /// The inverse of [`encode_cvs`].
 pub fn decode_cvs(bytes: &[u8]) -> Result<Vec<ChainingValue>, StoreError> {
     if bytes.len() % 32 != 0 {
-        return Err(StoreError::Malformed("outboard is not a whole number of hashes"));
+        return Err(StoreError::Malformed(
+            "outboard is not a whole number of hashes",
+        ));
     }
     Ok(bytes
         .chunks_exact(32)
@@ -187,7 +190,11 @@ mod tests {
             assert_eq!(id.0, *blake3::hash(&bytes).as_bytes(), "len {len}");
             assert_eq!(cvs.len() as u64, block_count(size));
             for (i, block) in bytes.chunks(b).enumerate() {
-                assert_eq!(block_cv(size, i as u64, block), cvs[i], "len {len} block {i}");
+                assert_eq!(
+                    block_cv(size, i as u64, block),
+                    cvs[i],
+                    "len {len} block {i}"
+                );
                 assert_eq!(block_len(size, i as u64), block.len());
             }
         }

@@ -33,7 +33,9 @@ pub const BLOCK_BYTES: u64 = 64 * 1024;
 pub const MAX_FILE_BYTES: u64 = 16 << 30;
 
 /// A file's id: the BLAKE3 hash of its whole ciphertext. Printed as hex.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileId(pub [u8; 32]);
 
 impl FileId {

@@ -179,7 +179,9 @@ impl Request {
         for k in 0..n {
             let (s, e) = (u64_at(b, 35 + 16 * k), u64_at(b, 43 + 16 * k));
             if s >= e || (k > 0 && s < last_end) {
-                return Err(protocol("request ranges are not sorted, disjoint and non-empty"));
+                return Err(protocol(
+                    "request ranges are not sorted, disjoint and non-empty",
+                ));
             }
             last_end = e;
             ranges.push((s, e));
@@ -233,7 +235,9 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         .await?
         .ok_or_else(|| protocol("stream ended before a request"))?;
     if kind != REQUEST {
-        return Err(protocol(format!("expected a request, got frame kind {kind}")));
+        return Err(protocol(format!(
+            "expected a request, got frame kind {kind}"
+        )));
     }
     let request = Request::decode(&payload)?;
     let id = request.id;
@@ -431,14 +435,18 @@ impl Session<'_> {
         recv: &mut R,
         progress: &mut (impl FnMut(FetchProgress) + Send),
     ) -> Result<RangeSet, StoreError> {
-        let (kind, payload) = read_frame(recv)
-            .await?
-            .ok_or_else(|| StoreError::Network("peer closed the stream without answering".into()))?;
+        let (kind, payload) = read_frame(recv).await?.ok_or_else(|| {
+            StoreError::Network("peer closed the stream without answering".into())
+        })?;
         let size = match kind {
             HEADER if payload.len() == 8 => u64_at(&payload, 0),
             NOT_FOUND => return Err(StoreError::FileNotFound { id: self.id }),
             ERROR => return Err(peer_error(&payload)),
-            _ => return Err(protocol(format!("expected a header, got frame kind {kind}"))),
+            _ => {
+                return Err(protocol(format!(
+                    "expected a header, got frame kind {kind}"
+                )));
+            }
         };
         if size == 0 || size > MAX_FILE_BYTES {
             return Err(protocol(format!("file size {size} out of range")));
@@ -454,10 +462,15 @@ impl Session<'_> {
             Some(file) => file,
             None => {
                 let cvs = self.read_outboard(recv, count).await?;
-                self.store.add_file(&self.id, size, &cvs).await.map_err(|e| match e {
-                    StoreError::BadProof => protocol("the outboard does not lead to the file id"),
-                    other => other,
-                })?
+                self.store
+                    .add_file(&self.id, size, &cvs)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::BadProof => {
+                            protocol("the outboard does not lead to the file id")
+                        }
+                        other => other,
+                    })?
             }
         };
         let cvs = self.store.file_cvs(&self.id, file, 0..count).await?;
@@ -505,13 +518,21 @@ impl Session<'_> {
                             let idx = u64_at(&payload, 0);
                             let data = &payload[8..];
                             if idx < next || !may_arrive.contains(idx) {
-                                return Err(protocol(format!("block {idx} was not asked for or is out of order")));
+                                return Err(protocol(format!(
+                                    "block {idx} was not asked for or is out of order"
+                                )));
                             }
                             if data.len() != block_len(size, idx) {
-                                return Err(protocol(format!("block {idx} has {} bytes, expected {}", data.len(), block_len(size, idx))));
+                                return Err(protocol(format!(
+                                    "block {idx} has {} bytes, expected {}",
+                                    data.len(),
+                                    block_len(size, idx)
+                                )));
                             }
                             if block_cv(size, idx, data) != cvs[idx as usize] {
-                                return Err(protocol(format!("block {idx} does not match the file's hash")));
+                                return Err(protocol(format!(
+                                    "block {idx} does not match the file's hash"
+                                )));
                             }
                             next = idx + 1;
                             let mut payload = payload;
@@ -523,17 +544,24 @@ impl Session<'_> {
                             received.insert(idx, idx + 1);
                             batch.push((idx, payload));
                             if batch.len() as u64 == BATCH_BLOCKS {
-                                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BLOCKS as usize));
-                                batches
-                                    .send(full)
-                                    .await
-                                    .map_err(|_| StoreError::Io("the store stopped taking blocks".into()))?;
+                                let full = std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(BATCH_BLOCKS as usize),
+                                );
+                                batches.send(full).await.map_err(|_| {
+                                    StoreError::Io("the store stopped taking blocks".into())
+                                })?;
                             }
                             progress(state);
                         }
                         END if payload.is_empty() => return Ok(()),
                         ERROR => return Err(peer_error(&payload)),
-                        _ => return Err(protocol(format!("unexpected frame kind {kind} of {} bytes", payload.len()))),
+                        _ => {
+                            return Err(protocol(format!(
+                                "unexpected frame kind {kind} of {} bytes",
+                                payload.len()
+                            )));
+                        }
                     }
                 }
             }
@@ -574,12 +602,18 @@ impl Session<'_> {
                     if cvs.len() as u64 + (payload.len() / 32) as u64 > count {
                         return Err(protocol("outboard longer than the file"));
                     }
-                    cvs.extend(payload.chunks_exact(32).map(|c| -> ChainingValue {
-                        c.try_into().expect("32 bytes")
-                    }));
+                    cvs.extend(
+                        payload
+                            .chunks_exact(32)
+                            .map(|c| -> ChainingValue { c.try_into().expect("32 bytes") }),
+                    );
                 }
                 ERROR => return Err(peer_error(&payload)),
-                _ => return Err(protocol(format!("expected the outboard, got frame kind {kind}"))),
+                _ => {
+                    return Err(protocol(format!(
+                        "expected the outboard, got frame kind {kind}"
+                    )));
+                }
             }
         }
         Ok(cvs)

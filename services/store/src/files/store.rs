@@ -21,10 +21,10 @@ use super::hash::{
     OutboardBuilder, block_count, block_cv, block_len, decode_cvs, encode_cvs, root_from_cvs,
 };
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
+use crate::Store;
 use crate::backend::{Db, in_write_tx, on_db, release_writer, take_writer, to_i64, to_u64};
 use crate::error::StoreError;
 use crate::log::RangeSet;
-use crate::Store;
 
 /// Blocks per write transaction (4 MiB) and at most per read.
 pub const BATCH_BLOCKS: u64 = 64;
@@ -73,7 +73,10 @@ impl Store {
     /// plaintext), hashing it as it streams in, with bounded memory. Importing a file the store
     /// already has (in part) completes it. Fails with [`StoreError::Malformed`] on an empty
     /// stream, [`StoreError::FileTooLarge`] past [`MAX_FILE_BYTES`]; then nothing is kept.
-    pub async fn import_file<R: AsyncRead + Unpin>(&self, reader: R) -> Result<FileInfo, StoreError> {
+    pub async fn import_file<R: AsyncRead + Unpin>(
+        &self,
+        reader: R,
+    ) -> Result<FileInfo, StoreError> {
         let row: i64 = on_db!(&self.db, pool, DB => {
             sqlx::query("INSERT INTO files (root, size, outboard) VALUES (NULL, 0, $1) RETURNING id")
                 .bind(Vec::<u8>::new())
@@ -107,13 +110,12 @@ impl Store {
                 let mut block = vec![0u8; BLOCK_BYTES as usize];
                 let mut filled = 0;
                 while filled < block.len() {
-                    let n = reader
-                        .read(&mut block[filled..])
-                        .await
-                        .map_err(|e| match e.downcast::<StoreError>() {
-                            Ok(store) => store,
-                            Err(e) => StoreError::Io(format!("read the file: {e}")),
-                        })?;
+                    let n = reader.read(&mut block[filled..]).await.map_err(|e| match e
+                        .downcast::<StoreError>()
+                    {
+                        Ok(store) => store,
+                        Err(e) => StoreError::Io(format!("read the file: {e}")),
+                    })?;
                     if n == 0 {
                         break;
                     }
@@ -127,7 +129,8 @@ impl Store {
                 batch.push((index, block));
                 index += 1;
                 if batch.len() as u64 == BATCH_BLOCKS {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BLOCKS as usize));
+                    let full =
+                        std::mem::replace(&mut batch, Vec::with_capacity(BATCH_BLOCKS as usize));
                     if batches.send(full).await.is_err() {
                         break;
                     }
@@ -210,7 +213,11 @@ impl Store {
     }
 
     /// Stores blocks that were verified already (one transaction; blocks held already are kept).
-    pub(crate) async fn put_blocks(&self, row: i64, blocks: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+    pub(crate) async fn put_blocks(
+        &self,
+        row: i64,
+        blocks: &[(u64, Vec<u8>)],
+    ) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
         }
@@ -253,9 +260,14 @@ impl Store {
                 .execute(pool)
                 .await?;
         });
-        let row = self.file_row(id).await?.ok_or(StoreError::FileNotFound { id: *id })?;
+        let row = self
+            .file_row(id)
+            .await?
+            .ok_or(StoreError::FileNotFound { id: *id })?;
         if row.size != size {
-            return Err(StoreError::Corrupt(format!("file {id} is held with another size")));
+            return Err(StoreError::Corrupt(format!(
+                "file {id} is held with another size"
+            )));
         }
         Ok(row)
     }
@@ -269,7 +281,9 @@ impl Store {
                 .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?)) })
                 .transpose()?
         });
-        let Some((row, size)) = row else { return Ok(None) };
+        let Some((row, size)) = row else {
+            return Ok(None);
+        };
         let size = to_u64(size)?;
         if size == 0 || size > MAX_FILE_BYTES {
             return Err(StoreError::Corrupt(format!("file {id} has size {size}")));
@@ -288,7 +302,8 @@ impl Store {
         let blocks = blocks.start.min(count)..blocks.end.min(count);
         // Offsets within an outboard of at most 8 MiB fit an i32 (PostgreSQL's substr takes int4).
         let start = i32::try_from(blocks.start * 32 + 1).map_err(|_| StoreError::OutOfRange)?;
-        let len = i32::try_from((blocks.end - blocks.start) * 32).map_err(|_| StoreError::OutOfRange)?;
+        let len =
+            i32::try_from((blocks.end - blocks.start) * 32).map_err(|_| StoreError::OutOfRange)?;
         let bytes: Vec<u8> = on_db!(&self.db, pool, DB => {
             sqlx::query("SELECT substr(outboard, $1, $2) FROM files WHERE id = $3")
                 .bind(start)
@@ -300,23 +315,34 @@ impl Store {
         });
         let cvs = decode_cvs(&bytes)?;
         if cvs.len() as u64 != blocks.end - blocks.start {
-            return Err(StoreError::Corrupt(format!("outboard of file {id} is short")));
+            return Err(StoreError::Corrupt(format!(
+                "outboard of file {id} is short"
+            )));
         }
         Ok(cvs)
     }
 
     /// The whole outboard of a file.
-    pub(crate) async fn file_outboard(&self, id: &FileId, file: FileRow) -> Result<Vec<ChainingValue>, StoreError> {
+    pub(crate) async fn file_outboard(
+        &self,
+        id: &FileId,
+        file: FileRow,
+    ) -> Result<Vec<ChainingValue>, StoreError> {
         let cvs = self.file_cvs(id, file, 0..u64::MAX).await?;
         if root_from_cvs(file.size, &cvs)? != *id {
-            return Err(StoreError::Corrupt(format!("outboard of file {id} does not match its id")));
+            return Err(StoreError::Corrupt(format!(
+                "outboard of file {id} does not match its id"
+            )));
         }
         Ok(cvs)
     }
 
     /// A file as held here, or [`StoreError::FileNotFound`].
     pub async fn file_info(&self, id: &FileId) -> Result<FileInfo, StoreError> {
-        let file = self.file_row(id).await?.ok_or(StoreError::FileNotFound { id: *id })?;
+        let file = self
+            .file_row(id)
+            .await?
+            .ok_or(StoreError::FileNotFound { id: *id })?;
         let (held, bytes) = on_db!(&self.db, pool, DB => {
             let r = sqlx::query(
                 "SELECT COUNT(*), CAST(COALESCE(SUM(length(data)), 0) AS BIGINT) FROM file_blocks WHERE file_id = $1",
@@ -353,16 +379,28 @@ impl Store {
         });
         rows.into_iter()
             .map(|(root, size, held, bytes)| {
-                let id = FileId(root.try_into().map_err(|_| StoreError::Corrupt("file id is not 32 bytes".into()))?);
+                let id = FileId(
+                    root.try_into()
+                        .map_err(|_| StoreError::Corrupt("file id is not 32 bytes".into()))?,
+                );
                 let size = to_u64(size)?;
-                Ok(FileInfo { id, size, blocks: block_count(size), held_blocks: to_u64(held)?, held_bytes: to_u64(bytes)? })
+                Ok(FileInfo {
+                    id,
+                    size,
+                    blocks: block_count(size),
+                    held_blocks: to_u64(held)?,
+                    held_bytes: to_u64(bytes)?,
+                })
             })
             .collect()
     }
 
     /// The blocks of a file held here, as ranges of block indices.
     pub async fn file_held(&self, id: &FileId) -> Result<RangeSet, StoreError> {
-        let file = self.file_row(id).await?.ok_or(StoreError::FileNotFound { id: *id })?;
+        let file = self
+            .file_row(id)
+            .await?
+            .ok_or(StoreError::FileNotFound { id: *id })?;
         self.held_blocks(file.row).await
     }
 
@@ -391,8 +429,15 @@ impl Store {
     /// Blocks `blocks` of a file (at most [`BATCH_BLOCKS`]), each verified against the outboard.
     /// [`StoreError::BlockNotHeld`] names the first one missing; a block that fails verification
     /// is [`StoreError::Corrupt`].
-    pub async fn read_file_blocks(&self, id: &FileId, blocks: Range<u64>) -> Result<Vec<Vec<u8>>, StoreError> {
-        let file = self.file_row(id).await?.ok_or(StoreError::FileNotFound { id: *id })?;
+    pub async fn read_file_blocks(
+        &self,
+        id: &FileId,
+        blocks: Range<u64>,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let file = self
+            .file_row(id)
+            .await?
+            .ok_or(StoreError::FileNotFound { id: *id })?;
         if blocks.end > block_count(file.size) || blocks.start > blocks.end {
             return Err(StoreError::OutOfRange);
         }
@@ -407,7 +452,13 @@ impl Store {
             if idx != want {
                 return Err(StoreError::BlockNotHeld { index: want });
             }
-            check_block(id, file.size, idx, &data, &cvs[(idx - blocks.start) as usize])?;
+            check_block(
+                id,
+                file.size,
+                idx,
+                &data,
+                &cvs[(idx - blocks.start) as usize],
+            )?;
             out.push(data);
             want += 1;
         }
@@ -418,7 +469,11 @@ impl Store {
     }
 
     /// The held blocks among `blocks`, in order, unverified.
-    pub(crate) async fn block_rows(&self, row: i64, blocks: Range<u64>) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    pub(crate) async fn block_rows(
+        &self,
+        row: i64,
+        blocks: Range<u64>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let rows = on_db!(&self.db, pool, DB => {
             sqlx::query("SELECT idx, data FROM file_blocks WHERE file_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx")
                 .bind(row)
@@ -435,7 +490,9 @@ impl Store {
 
     /// Deletes a file and every block of it held here; whether it was held.
     pub async fn delete_file(&self, id: &FileId) -> Result<bool, StoreError> {
-        let Some(file) = self.file_row(id).await? else { return Ok(false) };
+        let Some(file) = self.file_row(id).await? else {
+            return Ok(false);
+        };
         self.remove_file_row(file.row).await?;
         Ok(true)
     }
