@@ -13,13 +13,20 @@
 //!   URL. Appends are one transaction each (entries, tree nodes and the new signed root), and are
 //!   acknowledged only after commit. Remote entries are stored only after their proof verified.
 //!   [`backend::copy_store`] moves everything from one store to another, verifying on the way.
+//! - [`files`]: large files. The client's side, sans IO: a per-file key, chunked
+//!   ChaCha20-Poly1305 ([`files::EncryptReader`], [`files::decrypt_block`]) and the
+//!   `kithfile1…` [`files::Ticket`]. The store's side: the id is the BLAKE3 hash of the
+//!   ciphertext, every 64 KiB block verifiable against the outboard ([`files::hash`]); files whole
+//!   or in part in the database ([`Store::import_file`], [`Store::read_file_blocks`], …); and
+//!   `kith/file/1` ([`files::serve`], [`files::fetch`]): verified on arrival, stored as it
+//!   streams, resumed from what is held.
 //! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer
 //!   by protocol, listen, announce and look up topics), so it depends on no transport; the
 //!   `kith` binary implements it over the transport service.
 //! - [`error`]: the one error type, [`StoreError`].
 //!
-//! Replication over the transport, mirrors, mailboxes, files, the gRPC API and the binary are
-//! still to come.
+//! Replication over the transport, mirrors, mailboxes, the gRPC API and the binary are still to
+//! come.
 
 pub mod backend;
 pub mod error;
