@@ -94,7 +94,7 @@ impl OutboardBuilder {
         if block.is_empty() || block.len() as u64 > BLOCK_BYTES {
             return Err(StoreError::Malformed("block length out of range"));
         }
-        if self.size % BLOCK_BYTES != 0 {
+        if !self.size.is_multiple_of(BLOCK_BYTES) {
             return Err(StoreError::Malformed("a short block before the last"));
         }
         let index = self.cvs.len() as u64 + u64::from(self.first.is_some());
@@ -136,7 +136,7 @@ pub fn encode_cvs(cvs: &[ChainingValue]) -> Vec<u8> {
 
 /// The inverse of [`encode_cvs`].
 pub fn decode_cvs(bytes: &[u8]) -> Result<Vec<ChainingValue>, StoreError> {
-    if bytes.len() % 32 != 0 {
+    if !bytes.len().is_multiple_of(32) {
         return Err(StoreError::Malformed(
             "outboard is not a whole number of hashes",
         ));
