@@ -306,7 +306,10 @@ async fn sqlite_round(pool: &sqlx::SqlitePool, blocks: &[Vec<u8>]) -> f64 {
         tx.commit().await.unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
-    sqlx::query("DELETE FROM blocks").execute(pool).await.unwrap();
+    sqlx::query("DELETE FROM blocks")
+        .execute(pool)
+        .await
+        .unwrap();
     mib_per_s(bytes, secs)
 }
 

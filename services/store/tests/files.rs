@@ -397,6 +397,119 @@ async fn an_interrupted_fetch_resumes_with_only_the_missing_blocks() {
 }
 
 #[tokio::test]
+async fn a_fetch_killed_at_any_point_resumes_and_completes() {
+    for db in backends().await {
+        let (db_b, _) = more(&db).await;
+        let a = Arc::new(db.open().await);
+        let b = db_b.open().await;
+        let plain = plaintext(12, 300_000);
+        let ticket = put(&a, &plain).await;
+        let size = ticket.ciphertext_size();
+        let blocks = size.div_ceil(BLOCK_BYTES);
+        let net = MemoryNetwork::new(peer(0));
+        serve_as(&net, 1, a.clone(), honest()).await;
+        let outboard_end = 13 + 5 + 32 * blocks;
+        // Inside the header, inside the outboard, just after it, inside the first block, on a
+        // frame boundary, and in the last frame.
+        let cuts = [
+            3,
+            13 + 5 + 10,
+            outboard_end,
+            outboard_end + 100,
+            outboard_end + BLOCK_BYTES + 13,
+            outboard_end + size + 13 * blocks - 2,
+        ];
+        for (k, cut) in cuts.into_iter().enumerate() {
+            let me = 20 + k as u8;
+            serve_as(&net, me, a.clone(), tap(Arc::default(), Some(cut), None)).await;
+            let err = files::fetch(&b, &net, peer(me), ticket.id, 0..u64::MAX, |_| {})
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, StoreError::Network(_)),
+                "{} cut {cut}: {err:?}",
+                db.name
+            );
+            if let Ok(info) = b.file_info(&ticket.id).await {
+                every_held_block_verifies(&b, &ticket.id).await;
+                assert!(!info.complete(), "cut {cut}");
+            } else {
+                assert!(cut < outboard_end, "the outboard was whole at {cut}");
+            }
+            let report = files::fetch(&b, &net, peer(1), ticket.id, 0..u64::MAX, |_| {})
+                .await
+                .unwrap();
+            assert!(report.complete(), "cut {cut}");
+            assert_eq!(get(&b, &ticket, 0..u64::MAX).await, plain, "cut {cut}");
+            assert!(b.delete_file(&ticket.id).await.unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failed_import_keeps_nothing() {
+    /// Yields `ok` bytes, then fails.
+    struct Failing {
+        left: usize,
+    }
+    impl tokio::io::AsyncRead for Failing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.left == 0 {
+                return Poll::Ready(Err(std::io::Error::other("disk unplugged")));
+            }
+            let n = self.left.min(buf.remaining()).min(10_000);
+            buf.put_slice(&vec![1; n]);
+            self.left -= n;
+            Poll::Ready(Ok(()))
+        }
+    }
+    for db in backends().await {
+        let store = db.open().await;
+        let kept = put(&store, &plaintext(13, 100_000)).await;
+        let before = store.file_stats().await.unwrap();
+        let err = store
+            .import_file(EncryptReader::new(
+                Failing { left: 5 << 20 },
+                FileKey::generate(),
+            ))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Io(why) if why.contains("disk unplugged")),
+            "{err:?}"
+        );
+        assert!(
+            store.import_file(&[][..]).await.is_err(),
+            "an empty stream is no file"
+        );
+        assert_eq!(store.file_stats().await.unwrap(), before, "{}", db.name);
+        assert_eq!(store.list_files().await.unwrap().len(), 1);
+        assert_eq!(store.file_info(&kept.id).await.unwrap().held_blocks, 2);
+        // No block rows are left behind under a provisional file either.
+        let store_url = db.url.clone();
+        store.close().await;
+        let rows: i64 = if store_url.starts_with("sqlite") {
+            let pool = sqlx::SqlitePool::connect(&store_url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM file_blocks")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        } else {
+            let pool = sqlx::PgPool::connect(&store_url).await.unwrap();
+            sqlx::query_scalar("SELECT COUNT(*) FROM file_blocks")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        };
+        assert_eq!(rows, 2);
+    }
+}
+
+#[tokio::test]
 async fn a_corrupting_peer_is_refused_and_an_honest_one_then_serves() {
     for db in backends().await {
         let (db_b, _) = more(&db).await;
