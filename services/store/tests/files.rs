@@ -650,6 +650,50 @@ async fn garbage_oversized_frames_and_a_wrong_outboard_are_refused() {
 }
 
 #[tokio::test]
+async fn copying_sqlite_to_postgres_and_back_keeps_every_file() {
+    let sqlite = common::sqlite();
+    let pg = common::postgres().await;
+    let back = common::sqlite();
+    let (a, b, c) = (
+        Arc::new(sqlite.open().await),
+        pg.open().await,
+        back.open().await,
+    );
+    let whole = plaintext(14, 700_000);
+    let ticket = put(&a, &whole).await;
+    // A partial copy too: a mirror that holds blocks 2..5 of another file.
+    let source = common::sqlite();
+    let s = Arc::new(source.open().await);
+    let part_plain = plaintext(15, 1 << 20);
+    let part = put(&s, &part_plain).await;
+    let net = MemoryNetwork::new(peer(0));
+    serve_as(&net, 1, s.clone(), honest()).await;
+    files::fetch(&a, &net, peer(1), part.id, 2..5, |_| {})
+        .await
+        .unwrap();
+
+    let report = kith_store::backend::copy_store(&a, &b).await.unwrap();
+    assert_eq!((report.files, report.file_blocks), (2, 11 + 3));
+    kith_store::backend::copy_store(&b, &c).await.unwrap();
+    assert_eq!(a.list_files().await.unwrap(), c.list_files().await.unwrap());
+    assert_eq!(a.file_stats().await.unwrap(), c.file_stats().await.unwrap());
+    assert_eq!(get(&c, &ticket, 0..u64::MAX).await, whole);
+    assert_eq!(
+        c.file_held(&part.id)
+            .await
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>(),
+        vec![(2, 5)]
+    );
+    let range = 2 * PLAIN_CHUNK_BYTES..5 * PLAIN_CHUNK_BYTES;
+    assert_eq!(
+        get(&c, &part, range.clone()).await,
+        part_plain[range.start as usize..range.end as usize]
+    );
+}
+
+#[tokio::test]
 async fn a_wrong_key_or_altered_ciphertext_fails_clearly() {
     for db in backends().await {
         let store = db.open().await;

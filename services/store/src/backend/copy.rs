@@ -2,6 +2,8 @@
 //! `kith store migrate`. Nothing is copied on trust: each held range travels as a remote put
 //! would, entries with a proof against the source's signed root, and the destination verifies
 //! it before storing. A log whose source data fails verification stops the copy with the error.
+//! Files follow the logs: each file's outboard (checked against its id by the destination), then
+//! its held blocks, each verified against the outboard as it is read.
 
 use serde::Serialize;
 
@@ -20,6 +22,11 @@ pub struct CopyReport {
     /// The copied entries' bytes.
     pub entry_bytes: u64,
     pub fork_evidence: u64,
+    /// Files copied (whole or the part held).
+    pub files: u64,
+    pub file_blocks: u64,
+    /// The copied blocks' ciphertext bytes.
+    pub file_bytes: u64,
 }
 
 /// Copies every log of `from` into `to`, verifying every batch on the way in. Logs already in
@@ -67,6 +74,12 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
             to.add_fork_evidence(evidence).await?;
             report.fork_evidence += 1;
         }
+    }
+    for info in from.list_files().await? {
+        let (blocks, bytes) = crate::files::store::copy_file(from, to, &info.id).await?;
+        report.files += 1;
+        report.file_blocks += blocks;
+        report.file_bytes += bytes;
     }
     Ok(report)
 }

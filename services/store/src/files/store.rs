@@ -521,6 +521,36 @@ impl Store {
     }
 }
 
+/// Copies file `id` (its outboard and every block `from` holds) into `to`; the blocks and
+/// bytes copied. Used by [`crate::backend::copy_store`].
+pub(crate) async fn copy_file(
+    from: &Store,
+    to: &Store,
+    id: &FileId,
+) -> Result<(u64, u64), StoreError> {
+    let file = from
+        .file_row(id)
+        .await?
+        .ok_or(StoreError::FileNotFound { id: *id })?;
+    let cvs = from.file_outboard(id, file).await?;
+    let dest = to.add_file(id, file.size, &cvs).await?;
+    let (mut blocks, mut bytes) = (0, 0);
+    for (s, e) in from.held_blocks(file.row).await?.iter() {
+        let mut at = s;
+        while at < e {
+            let end = (at + BATCH_BLOCKS).min(e);
+            let batch: Vec<(u64, Vec<u8>)> = (at..end)
+                .zip(from.read_file_blocks(id, at..end).await?)
+                .collect();
+            blocks += batch.len() as u64;
+            bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+            to.put_blocks(dest.row, &batch).await?;
+            at = end;
+        }
+    }
+    Ok((blocks, bytes))
+}
+
 /// Checks a block read from the database.
 pub(crate) fn check_block(
     id: &FileId,
