@@ -42,6 +42,10 @@ async fn put(store: &Store, plain: &[u8]) -> Ticket {
     }
 }
 
+fn plain_of(tickets: &[(Ticket, Vec<u8>)], k: usize) -> Vec<u8> {
+    tickets[k].1.clone()
+}
+
 async fn get(store: &Store, ticket: &Ticket, range: std::ops::Range<u64>) -> Vec<u8> {
     let mut out = Vec::new();
     let n = read_plaintext(store, ticket, range, &mut out)
@@ -207,6 +211,16 @@ async fn files_round_trip_at_every_size_boundary() {
                 .map(|(t, _)| t.ciphertext_size())
                 .sum::<u64>()
         );
+        // The one-call put, with progress.
+        let mut seen = Vec::new();
+        let t = files::put_plaintext(&store, &plain_of(&tickets, 7)[..], |n| seen.push(n))
+            .await
+            .unwrap();
+        assert_eq!(seen.last(), Some(&t.size));
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        assert_ne!(t.id, tickets[7].0.id, "a fresh key: another ciphertext");
+        assert_eq!(get(&store, &t, 0..u64::MAX).await, plain_of(&tickets, 7));
+        assert!(store.delete_file(&t.id).await.unwrap());
         // Importing the same file again changes nothing.
         let (first, plain) = &tickets[7];
         let mut again = EncryptReader::new(&plain[..], first.key.clone());

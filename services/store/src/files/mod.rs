@@ -11,10 +11,12 @@
 //!   read verified blocks, held blocks (sparse), list, delete, stats.
 //! - [`protocol`]: [`serve`] a peer's request, [`fetch`] from a peer (resuming from what is held).
 //!
-//! Putting a file, for a client: `let key = FileKey::generate();` then
-//! `store.import_file(EncryptReader::new(file, key.clone()))` gives the [`FileInfo`]; the
-//! ticket is `Ticket { id: info.id, key, size: reader.plaintext_len() }`. Getting one: parse the
-//! ticket, [`fetch`] it from a holder, then [`read_plaintext`] writes the plaintext (or a range).
+//! For a client: [`put_plaintext`] encrypts a plaintext stream under a fresh key into the store
+//! and returns the [`Ticket`] to print; a recipient parses the ticket, [`fetch`]es the file from
+//! a holder (`0..u64::MAX`, or [`Ticket::blocks_for`] a plaintext range) into its own store, and
+//! [`read_plaintext`] writes the plaintext, or a range of it. Both take a progress callback
+//! (`put`: plaintext bytes read; `fetch`: [`FetchProgress`]). A holder runs [`serve`] on every
+//! stream that arrives on [`ALPN`]; a mirror hosts a file by fetching it.
 
 pub mod crypto;
 pub mod hash;
@@ -23,7 +25,7 @@ pub mod store;
 
 pub use crypto::{EncryptReader, FileKey, Ticket, decrypt_block};
 pub use protocol::{ALPN, FetchProgress, FetchReport, fetch, serve};
-pub use store::{FileInfo, FileStats, read_plaintext};
+pub use store::{FileInfo, FileStats, put_plaintext, read_plaintext};
 
 /// Ciphertext bytes per block: the unit of storage, verification and transfer. 64 BLAKE3 chunks,
 /// and one sealed plaintext chunk ([`crypto::PLAIN_CHUNK_BYTES`] + the tag).

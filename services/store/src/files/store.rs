@@ -16,7 +16,7 @@ use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::crypto::{PLAIN_CHUNK_BYTES, Ticket, decrypt_block};
+use super::crypto::{EncryptReader, FileKey, PLAIN_CHUNK_BYTES, Ticket, decrypt_block};
 use super::hash::{
     OutboardBuilder, block_count, block_cv, block_len, decode_cvs, encode_cvs, root_from_cvs,
 };
@@ -565,6 +565,54 @@ pub(crate) fn check_block(
         )));
     }
     Ok(())
+}
+
+/// The client's put: encrypts `plaintext` under a fresh [`FileKey`] as it is read, imports the
+/// ciphertext, and returns the file's [`Ticket`]. `progress` is called with the plaintext bytes
+/// read so far, as they are read. Memory is bounded (a few batches of blocks).
+pub async fn put_plaintext<R: AsyncRead + Unpin>(
+    store: &Store,
+    plaintext: R,
+    progress: impl FnMut(u64) + Send + Unpin,
+) -> Result<Ticket, StoreError> {
+    let key = FileKey::generate();
+    let counted = Counting {
+        inner: plaintext,
+        read: 0,
+        progress,
+    };
+    let mut reader = EncryptReader::new(counted, key.clone());
+    let info = store.import_file(&mut reader).await?;
+    Ok(Ticket {
+        id: info.id,
+        key,
+        size: reader.plaintext_len(),
+    })
+}
+
+/// Reports how much of a reader has been read.
+struct Counting<R, F> {
+    inner: R,
+    read: u64,
+    progress: F,
+}
+
+impl<R: AsyncRead + Unpin, F: FnMut(u64) + Unpin> AsyncRead for Counting<R, F> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            this.read += n;
+            (this.progress)(this.read);
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// The client's read: decrypts plaintext `range` (clamped to the file) of the file `ticket`
