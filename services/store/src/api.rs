@@ -53,7 +53,13 @@ impl From<StoreError> for ApiError {
             }
             StoreError::NotHeld { .. }
             | StoreError::EntryNotHeld { .. }
-            | StoreError::LogNotFound { .. } => ApiError::NotFound(message),
+            | StoreError::LogNotFound { .. }
+            | StoreError::FileNotFound { .. }
+            | StoreError::BlockNotHeld { .. } => ApiError::NotFound(message),
+            StoreError::FileTooLarge => ApiError::Full(message),
+            StoreError::Decrypt { .. } => ApiError::BadData(message),
+            StoreError::InvalidTicket(_) => ApiError::InvalidArgument(message),
+            StoreError::Io(_) => ApiError::Internal(message),
             StoreError::EntryTooLarge { .. }
             | StoreError::BatchTooLarge { .. }
             | StoreError::MailboxFull(_) => ApiError::Full(message),
@@ -61,6 +67,7 @@ impl From<StoreError> for ApiError {
             StoreError::Remote { ref reason, .. } => match reason.as_str() {
                 "mailbox_full" | "entry_too_large" | "batch_too_large" => ApiError::Full(message),
                 "invalid_key" | "malformed" | "out_of_range" => ApiError::InvalidArgument(message),
+                "file_not_found" | "block_not_held" | "log_not_found" => ApiError::NotFound(message),
                 "bad_signature" | "bad_proof" => ApiError::BadData(message),
                 _ => ApiError::Unreachable(message),
             },

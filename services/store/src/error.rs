@@ -97,6 +97,29 @@ pub enum StoreError {
     /// A peer refused a request: its stable reason (as [`StoreError::reason`]) and message.
     #[error("peer refused: {message}")]
     Remote { reason: String, message: String },
+    /// No such file in this store (or, from a peer, the peer does not have it).
+    #[error("file {id} not found")]
+    FileNotFound { id: crate::files::FileId },
+
+    /// The holder lacks a block of a file (it holds only part of it).
+    #[error("block {index} of the file not held")]
+    BlockNotHeld { index: u64 },
+
+    /// A file is larger than [`crate::files::MAX_FILE_BYTES`].
+    #[error("file is larger than the maximum of 16 GiB")]
+    FileTooLarge,
+
+    /// A file's block does not open with the key: the key is wrong or the ciphertext altered.
+    #[error("cannot decrypt block {index}: wrong key or altered ciphertext")]
+    Decrypt { index: u64 },
+
+    /// A string that should be a `kithfile1…` ticket is not one.
+    #[error("invalid file ticket: {0}")]
+    InvalidTicket(String),
+
+    /// Reading or writing a local file or stream (not the database) failed.
+    #[error("i/o: {0}")]
+    Io(String),
 
     /// The database failed (I/O, full disk, lost connection, ...).
     #[error("database")]
@@ -129,6 +152,12 @@ impl StoreError {
             StoreError::Protocol(_) => "protocol",
             StoreError::MailboxFull(_) => "mailbox_full",
             StoreError::Remote { .. } => "remote",
+            StoreError::FileNotFound { .. } => "file_not_found",
+            StoreError::BlockNotHeld { .. } => "block_not_held",
+            StoreError::FileTooLarge => "file_too_large",
+            StoreError::Decrypt { .. } => "decrypt",
+            StoreError::InvalidTicket(_) => "invalid_ticket",
+            StoreError::Io(_) => "io",
             StoreError::Database(_) => "database",
         }
     }

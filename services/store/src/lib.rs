@@ -18,6 +18,13 @@
 //!   reports every committed change.
 //! - [`mailbox`]: small encrypted records kept for an offline recipient (48 h by default), read
 //!   and removed only with the recipient's signature; their protocol `kith/mailbox/1`.
+//! - [`files`]: large files. The client's side, sans IO: a per-file key, chunked
+//!   ChaCha20-Poly1305 ([`files::EncryptReader`], [`files::decrypt_block`]) and the
+//!   `kithfile1…` [`files::Ticket`]. The store's side: the id is the BLAKE3 hash of the
+//!   ciphertext, every 64 KiB block verifiable against the outboard ([`files::hash`]); files whole
+//!   or in part in the database ([`Store::import_file`], [`Store::read_file_blocks`], …); and
+//!   `kith/file/1` ([`files::serve`], [`files::fetch`]): verified on arrival, stored as it
+//!   streams, resumed from what is held.
 //! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer
 //!   by protocol, listen, announce and look up topics), so it depends on no transport; the
 //!   `kith` binary implements it over the transport service.
@@ -35,6 +42,7 @@ pub mod api;
 pub mod backend;
 pub mod daemon;
 pub mod error;
+pub mod files;
 pub mod grpc;
 pub mod log;
 pub mod mailbox;

@@ -2,6 +2,8 @@
 //! `kith store migrate`, mailbox records included. Nothing is copied on trust: each held range travels as a remote put
 //! would, entries with a proof against the source's signed root, and the destination verifies
 //! it before storing. A log whose source data fails verification stops the copy with the error.
+//! Files follow the logs: each file's outboard (checked against its id by the destination), then
+//! its held blocks, each verified against the outboard as it is read.
 
 use serde::Serialize;
 
@@ -24,6 +26,11 @@ pub struct CopyReport {
     pub mailbox_records: u64,
     /// Mirrored logs whose policy and eviction mark were carried over.
     pub mirrors: u64,
+    /// Files copied (whole or the part held).
+    pub files: u64,
+    pub file_blocks: u64,
+    /// The copied blocks' ciphertext bytes.
+    pub file_bytes: u64,
 }
 
 /// Copies every log of `from` into `to`, verifying every batch on the way in. Logs already in
@@ -90,6 +97,12 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
                 report.mailbox_records += 1;
             }
         }
+    }
+    for info in from.list_files().await? {
+        let (blocks, bytes) = crate::files::store::copy_file(from, to, &info.id).await?;
+        report.files += 1;
+        report.file_blocks += blocks;
+        report.file_bytes += bytes;
     }
     Ok(report)
 }

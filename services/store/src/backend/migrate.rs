@@ -19,6 +19,9 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
+/// Versions only grow; they need not be contiguous (each migration is applied on its own if the
+/// database lacks it, so one numbered below an applied one is still applied later: branches that
+/// add migrations side by side merge without renumbering).
 pub(crate) const SQLITE: &[Migration] = &[
     Migration {
         version: 1,
@@ -29,6 +32,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         version: 2,
         description: "mirrors",
         sql: include_str!("../../migrations/sqlite/0002_mirrors.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "files",
+        sql: include_str!("../../migrations/sqlite/0003_files.sql"),
     },
     Migration {
         version: 4,
@@ -47,6 +55,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         description: "mirrors",
         sql: include_str!("../../migrations/postgres/0002_mirrors.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "files",
+        sql: include_str!("../../migrations/postgres/0003_files.sql"),
     },
     Migration {
         version: 4,
@@ -179,11 +192,20 @@ mod tests {
             (0, "nodes"),
             (0, "fork_evidence"),
             (1, "mirrors"),
-            (2, "mailbox_records"),
+            (3, "mailbox_records"),
         ] {
             let create = format!("CREATE TABLE {table} (");
             assert!(SQLITE[m].sql.contains(&create));
             assert!(POSTGRES[m].sql.contains(&create));
+        }
+        for table in ["files", "file_blocks"] {
+            let create = format!("CREATE TABLE {table} (");
+            assert!(SQLITE[1].sql.contains(&create));
+            assert!(POSTGRES[1].sql.contains(&create));
+        }
+        assert_eq!(SQLITE.len(), POSTGRES.len());
+        for (s, p) in SQLITE.iter().zip(POSTGRES) {
+            assert_eq!((s.version, s.description), (p.version, p.description));
         }
     }
 }

@@ -70,7 +70,7 @@ pub(crate) type WriterConn<DB> = tokio::sync::Mutex<Option<PoolConnection<DB>>>;
 type WriterGuard<'a, DB> = tokio::sync::MutexGuard<'a, Option<PoolConnection<DB>>>;
 
 /// Takes the kept writer connection if it is free, else one from the pool.
-async fn take_writer<'a, DB: sqlx::Database>(
+pub(crate) async fn take_writer<'a, DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
     kept: &'a WriterConn<DB>,
 ) -> Result<(Option<WriterGuard<'a, DB>>, PoolConnection<DB>), StoreError> {
@@ -84,7 +84,7 @@ async fn take_writer<'a, DB: sqlx::Database>(
 
 /// After a write: keep the connection for the next one if the write succeeded (and the slot was
 /// ours), close it if the write failed, else give it back to the pool.
-fn release_writer<DB: sqlx::Database, T>(
+pub(crate) fn release_writer<DB: sqlx::Database, T>(
     guard: Option<WriterGuard<'_, DB>>,
     conn: PoolConnection<DB>,
     result: &Result<T, StoreError>,
@@ -156,6 +156,7 @@ macro_rules! in_write_tx {
 
 mod mirror;
 pub use mirror::{EvictReport, MirrorRow};
+pub(crate) use {in_write_tx, on_db};
 
 /// A log as the store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -217,7 +218,7 @@ struct WriterState {
 
 /// The store: a database of logs.
 pub struct Store {
-    db: Db,
+    pub(crate) db: Db,
     /// One lock per log this process appends to, so appends to a log are serialised here; other
     /// processes are caught by the optimistic length check.
     writers: Mutex<HashMap<LogKey, Arc<tokio::sync::Mutex<Option<WriterState>>>>>,
@@ -246,11 +247,11 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn to_i64(v: u64) -> Result<i64, StoreError> {
+pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::OutOfRange)
 }
 
-fn to_u64(v: i64) -> Result<u64, StoreError> {
+pub(crate) fn to_u64(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative value {v}")))
 }
 

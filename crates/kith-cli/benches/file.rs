@@ -1,0 +1,479 @@
+//! File transfer between two stores over Kith's real QUIC transport, against a raw quinn stream
+//! carrying the same bytes on the same loopback, in one run.
+//!
+//! - Kith: two in-process transport nodes (`TransportService`, the same as `kith node up`), each
+//!   with a SQLite store (WAL, `synchronous=FULL`, as the store opens it). The holder imported a
+//!   64 MiB file (its ciphertext: 64 MiB of plaintext sealed by `EncryptReader`); each round the
+//!   fetcher runs `files::fetch` over `kith/file/1` through the CLI's `TransportNetwork`: the
+//!   holder reads the blocks from its database, verifies them and sends them; the fetcher
+//!   verifies every block against the outboard and stores it (durably committed) before the
+//!   round ends. The fetched file is deleted between rounds (outside the timing).
+//! - Anchor: raw quinn (rustls on the same ring provider, a self-signed certificate the client
+//!   does not check), same socket set-up and transport settings; each round the client opens a
+//!   stream and the server writes the same number of bytes from memory, in 1 MiB writes; the
+//!   client reads them to the end. No storage, no verification.
+//! - Where the time goes, two more figures: the same fetch into a store on tmpfs (`/dev/shm`:
+//!   the same SQLite work, but writes and fsyncs cost no disk), and the fetcher's storage alone, the same number of
+//!   the fetcher's storage alone: the same number of 64 KiB blocks inserted into a plain table
+//!   of the same shape in a SQLite database opened with the store's settings, in the same
+//!   4 MiB transactions, no network; and the same fetch into a store whose SQLite database was
+//!   created with 64 KiB pages (the store's own default is SQLite's 4 KiB), on disk.
+//!
+//! The holder (node, store and the raw server) runs on its own thread and single-threaded
+//! runtime, like another process; the fetcher and the raw client on the main thread's. Both
+//! connections are warm (one untimed round each first). Rounds interleave the two systems,
+//! alternating which goes first; figures are medians, the ratio the median of per-round ratios.
+//!
+//! Run: `cargo bench -p kith --bench file` (release). Writes its table into BENCHMARKS.md.
+
+#[path = "../src/store_net.rs"]
+#[allow(dead_code)]
+mod store_net;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kith_bench::{today, verdict, write_section};
+use kith_store::Store;
+use kith_store::files::{self, EncryptReader, FileId, FileKey};
+use kith_store::net::Network;
+use kith_transport::api::TransportApi;
+use kith_transport::socket::bind_udp_socket;
+use kith_transport::{
+    EndpointOptions, Node, NodeConfig, PeerAddrs, PeerId, SecretKey, TransportService,
+};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use store_net::TransportNetwork;
+use tokio::io::AsyncWriteExt;
+
+const RAW_ALPN: &[u8] = b"kith/bench-raw/1";
+const PLAINTEXT_BYTES: u64 = 64 << 20;
+const ROUNDS: usize = 7;
+const WRITE_SIZE: usize = 1 << 20;
+
+fn options() -> EndpointOptions {
+    EndpointOptions::localhost()
+}
+
+fn config() -> NodeConfig {
+    NodeConfig {
+        endpoint: options(),
+        ..NodeConfig::default()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Plaintext that does not compress: a keyed BLAKE3 stream.
+fn plaintext(len: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len as usize];
+    blake3::Hasher::new_keyed(&[42; 32])
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn raw_endpoint(server: Option<quinn::ServerConfig>) -> quinn::Endpoint {
+    let options = options();
+    let socket = bind_udp_socket(options.bind_addr, options.socket_buffer_bytes).unwrap();
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        quinn::default_runtime().unwrap(),
+    )
+    .unwrap()
+}
+
+fn raw_server_config() -> quinn::ServerConfig {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![RAW_ALPN.to_vec()];
+    let mut config =
+        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
+    config.transport_config(Arc::new(options().transport_config()));
+    config
+}
+
+#[derive(Debug)]
+struct SkipVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn raw_client_config() -> quinn::ClientConfig {
+    let provider = provider();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SkipVerification(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![RAW_ALPN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    config.transport_config(Arc::new(options().transport_config()));
+    config
+}
+
+/// What the holder thread tells the main thread.
+struct Holder {
+    peer: PeerId,
+    addr: SocketAddr,
+    raw_addr: SocketAddr,
+    id: FileId,
+    size: u64,
+}
+
+/// The holder: a transport node serving `kith/file/1` from a SQLite store holding the file, and
+/// a raw quinn server sending the same number of bytes from memory. Runs until the process ends.
+fn spawn_holder(dir: std::path::PathBuf) -> Holder {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let store = Arc::new(
+                Store::open(&format!("sqlite://{}", dir.join("holder.db").display()))
+                    .await
+                    .unwrap(),
+            );
+            let plain = plaintext(PLAINTEXT_BYTES);
+            let info = store
+                .import_file(EncryptReader::new(&plain[..], FileKey::generate()))
+                .await
+                .unwrap();
+            drop(plain);
+
+            let node = Node::builder(SecretKey::generate(), config())
+                .unwrap()
+                .spawn()
+                .unwrap();
+            let service = Arc::new(TransportService::new(node).unwrap());
+            let me = service.node().peer_id();
+            let network = TransportNetwork::new(service.clone(), *me.as_bytes());
+            let mut incoming = network.listen(files::ALPN).await.unwrap();
+            let serving = store.clone();
+            tokio::spawn(async move {
+                while let Some(channel) = incoming.recv().await {
+                    let store = serving.clone();
+                    tokio::spawn(async move {
+                        files::serve(&store, channel).await.unwrap();
+                    });
+                }
+            });
+
+            let raw = raw_endpoint(Some(raw_server_config()));
+            let size = info.size;
+            tx.send(Holder {
+                peer: me,
+                addr: service.node().endpoint().local_addr(),
+                raw_addr: raw.local_addr().unwrap(),
+                id: info.id,
+                size,
+            })
+            .unwrap();
+            let bytes = Arc::new(vec![0x5au8; WRITE_SIZE]);
+            while let Some(incoming) = raw.accept().await {
+                let bytes = bytes.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let bytes = bytes.clone();
+                        tokio::spawn(async move {
+                            let _ = recv.read_to_end(16).await;
+                            let mut left = size as usize;
+                            while left > 0 {
+                                let n = left.min(WRITE_SIZE);
+                                send.write_all(&bytes[..n]).await.unwrap();
+                                left -= n;
+                            }
+                            send.finish().unwrap();
+                            let _ = send.stopped().await;
+                        });
+                    }
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+fn mib_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn kith_round(store: &Store, network: &TransportNetwork, holder: &Holder) -> f64 {
+    let started = Instant::now();
+    let report = files::fetch(
+        store,
+        network,
+        *holder.peer.as_bytes(),
+        holder.id,
+        0..u64::MAX,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    assert!(report.complete() && report.bytes_received == holder.size);
+    assert!(store.delete_file(&holder.id).await.unwrap());
+    mib_per_s(holder.size, secs)
+}
+
+async fn raw_round(conn: &quinn::Connection, size: u64) -> f64 {
+    let started = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[1]).await.unwrap();
+    send.shutdown().await.unwrap();
+    let mut total = 0u64;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+        total += chunk.bytes.len() as u64;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(total, size);
+    mib_per_s(size, secs)
+}
+
+/// The storage anchor: `blocks` inserted as the fetcher stores them, then deleted (untimed).
+async fn sqlite_round(pool: &sqlx::SqlitePool, blocks: &[Vec<u8>]) -> f64 {
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for (batch, chunk) in blocks.chunks(64).enumerate() {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        for (row, rows) in chunk.chunks(16).enumerate() {
+            let mut qb =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO blocks (file_id, idx, data) ");
+            qb.push_values(rows.iter().enumerate(), |mut b, (k, data)| {
+                b.push_bind(1i64)
+                    .push_bind((batch * 64 + row * 16 + k) as i64)
+                    .push_bind(data.as_slice());
+            });
+            qb.build().execute(&mut *tx).await.unwrap();
+            bytes += rows.iter().map(|r| r.len() as u64).sum::<u64>();
+        }
+        tx.commit().await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    sqlx::query("DELETE FROM blocks")
+        .execute(pool)
+        .await
+        .unwrap();
+    mib_per_s(bytes, secs)
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = spawn_holder(dir.path().to_path_buf());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Store::open(&format!(
+            "sqlite://{}",
+            dir.path().join("fetcher.db").display()
+        ))
+        .await
+        .unwrap();
+        let node = Node::builder(SecretKey::generate(), config())
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let service = Arc::new(TransportService::new(node).unwrap());
+        let me = *service.node().peer_id().as_bytes();
+        let transport: Arc<dyn TransportApi> = service.clone();
+        let network = TransportNetwork::new(transport, me);
+        network.add_hint(
+            *holder.peer.as_bytes(),
+            PeerAddrs {
+                addrs: vec![holder.addr],
+                relay: None,
+            },
+        );
+        let raw = raw_endpoint(None);
+        let conn = raw
+            .connect_with(raw_client_config(), holder.raw_addr, "localhost")
+            .unwrap()
+            .await
+            .unwrap();
+
+        let options = kith_store::backend::sqlite_connect_options(&format!(
+            "sqlite://{}",
+            dir.path().join("anchor.db").display()
+        ))
+        .unwrap();
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TABLE blocks (file_id INTEGER NOT NULL, idx INTEGER NOT NULL, data BLOB NOT NULL, \
+             PRIMARY KEY (file_id, idx))",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let blob = plaintext(holder.size);
+        let blocks: Vec<Vec<u8>> = blob.chunks(64 << 10).map(<[u8]>::to_vec).collect();
+        drop(blob);
+
+        let shm = tempfile::Builder::new()
+            .prefix("kith-file-bench")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let shm_store = Store::open(&format!(
+            "sqlite://{}",
+            shm.path().join("fetcher.db").display()
+        ))
+        .await
+        .unwrap();
+
+        // A database created with 64 KiB pages before the store opens it (the page size is fixed
+        // when a database is created).
+        let big_pages = format!("sqlite://{}", dir.path().join("fetcher-64k.db").display());
+        {
+            use sqlx::ConnectOptions;
+            let mut conn = kith_store::backend::sqlite_connect_options(&big_pages)
+                .unwrap()
+                .pragma("page_size", "65536")
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query("VACUUM").execute(&mut conn).await.unwrap();
+            let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(page, 65536);
+        }
+        let big_store = Store::open(&big_pages).await.unwrap();
+
+        // Warm both connections (and the databases' caches) once, untimed.
+        kith_round(&big_store, &network, &holder).await;
+        kith_round(&store, &network, &holder).await;
+        kith_round(&shm_store, &network, &holder).await;
+        raw_round(&conn, holder.size).await;
+        sqlite_round(&pool, &blocks).await;
+
+        let (mut kith, mut anchor, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut storage, mut storage_ratios) = (Vec::new(), Vec::new());
+        let (mut in_memory, mut memory_ratios) = (Vec::new(), Vec::new());
+        let (mut big, mut big_ratios) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let (k, r) = if round % 2 == 0 {
+                let k = kith_round(&store, &network, &holder).await;
+                (k, raw_round(&conn, holder.size).await)
+            } else {
+                let r = raw_round(&conn, holder.size).await;
+                (kith_round(&store, &network, &holder).await, r)
+            };
+            let sq = sqlite_round(&pool, &blocks).await;
+            let m = kith_round(&shm_store, &network, &holder).await;
+            let p = kith_round(&big_store, &network, &holder).await;
+            big.push(p);
+            big_ratios.push(p / r);
+            in_memory.push(m);
+            memory_ratios.push(m / r);
+            println!(
+                "round {round}: kith {k:.0} MiB/s, raw quinn {r:.0} MiB/s, ratio {:.2}; sqlite alone {sq:.0} MiB/s; kith into tmpfs {m:.0} MiB/s; kith into 64 KiB pages {p:.0} MiB/s",
+                k / r
+            );
+            kith.push(k);
+            anchor.push(r);
+            ratios.push(k / r);
+            storage.push(sq);
+            storage_ratios.push(k / sq);
+        }
+        let ratio = median(&ratios);
+        let worst = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
+        let body = format!(
+            "Measured {date} by `cargo bench -p kith --bench file` (release, loopback, {ROUNDS} interleaved rounds after one untimed warm-up each; a {plain} MiB file, {cipher} bytes of ciphertext in 64 KiB blocks, fetched whole by one store from another over `kith/file/1` on Kith's QUIC transport — the holder reading and verifying from SQLite, the fetcher verifying every block and committing it to SQLite (WAL, `synchronous=FULL`) before the round ends — against raw quinn sending the same number of bytes from memory on one stream of a warm connection; holder and raw server on their own thread and single-threaded runtime, fetcher and raw client on another; the ratio is the median of the per-round ratios, the columns are medians).\n\n\
+| measurement | Kith file fetch | raw quinn stream (anchor) | ratio Kith / raw, median of per-round ratios |\n\
+|---|---:|---:|---:|\n\
+| 64 MiB, median MiB/s (worst round) | {k:.0} ({kw:.0}) | {r:.0} ({rw:.0}) | {ratio:.2}× |\n\
+| the same fetch into a store on tmpfs (`/dev/shm`: same SQLite work, no disk), median MiB/s (worst round) | {m:.0} ({mw:.0}) | {r:.0} ({rw:.0}) | {mratio:.2}× |\n\
+| the same fetch into a store whose SQLite database has 64 KiB pages (on disk), median MiB/s (worst round) | {p:.0} ({pw:.0}) | {r:.0} ({rw:.0}) | {pratio:.2}× |\n\n\
+Where the time goes — the fetcher's storage alone (the same bytes as 64 KiB blocks inserted into a plain SQLite table with the store's settings, the same 4 MiB transactions, no network, no hashing), measured in the same rounds: median {sq:.0} MiB/s (worst {sqw:.0}); Kith's whole fetch runs at {sratio:.2}× of it (median of per-round ratios).\n\n\
+Target: file transfer ≥ 0.8× a raw quinn stream on loopback — {ratio:.2}× ({verdict}).\n",
+            date = today(),
+            plain = PLAINTEXT_BYTES >> 20,
+            cipher = holder.size,
+            k = median(&kith),
+            kw = worst(&kith),
+            r = median(&anchor),
+            rw = worst(&anchor),
+            verdict = verdict(ratio >= 0.8),
+            sq = median(&storage),
+            sqw = worst(&storage),
+            sratio = median(&storage_ratios),
+            m = median(&in_memory),
+            mw = worst(&in_memory),
+            mratio = median(&memory_ratios),
+            p = median(&big),
+            pw = worst(&big),
+            pratio = median(&big_ratios),
+        );
+        println!("{body}");
+        write_section("store-files", &body);
+        store.close().await;
+        shm_store.close().await;
+        big_store.close().await;
+        service.shutdown().await;
+    });
+}

@@ -1,0 +1,630 @@
+//! `kith/file/1`: one request per stream. The fetcher asks for a file by id and for ranges of
+//! its blocks (and for its outboard if it has none yet); the holder answers with the file's
+//! size, the outboard if asked, every requested block it holds, in order, and an end marker.
+//!
+//! The fetcher checks the outboard against the id and each block against the outboard before
+//! storing anything, and stores verified blocks as they arrive (in batches, while the next
+//! ones are received), so an interrupted transfer keeps what came and a new fetch asks only for
+//! what is missing. Anything wrong — a block that does not verify, an outboard that does not
+//! lead to the id, a block not asked for or out of order, a malformed or oversized frame — ends
+//! the session with [`StoreError::Protocol`] and is logged; what was verified before it is kept,
+//! nothing of the bad part is stored.
+//!
+//! Frames: kind (u8) ‖ payload length (u32 LE) ‖ payload, each kind with its own size bound:
+//!
+//! | kind | payload |
+//! |---|---|
+//! | 1 request | file id (32) ‖ flags (u8, bit 0: send the outboard) ‖ n (u16 LE, ≤ 256) ‖ n × block range (start, end: u64 LE) |
+//! | 2 header | ciphertext size (u64 LE) |
+//! | 3 not found | — |
+//! | 4 outboard | 1 to 32768 chaining values (32 bytes each), in block order |
+//! | 5 block | index (u64 LE) ‖ ciphertext (its exact length) |
+//! | 6 end | — |
+//! | 7 error | UTF-8 text, at most 1 KiB |
+
+use std::ops::Range;
+use std::time::Duration;
+
+use blake3::hazmat::ChainingValue;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::hash::{block_count, block_cv, block_len};
+use super::store::{BATCH_BLOCKS, FileInfo, check_block};
+use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
+use crate::Store;
+use crate::error::StoreError;
+use crate::log::RangeSet;
+use crate::net::{Network, PeerChannel, PeerId};
+
+/// The protocol's ALPN.
+pub const ALPN: &str = "kith/file/1";
+
+/// Block ranges per request.
+pub const MAX_REQUEST_RANGES: usize = 256;
+/// Chaining values per outboard frame (1 MiB).
+const CVS_PER_FRAME: usize = 32 * 1024;
+/// How long either side waits for the peer's next frame.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+const REQUEST: u8 = 1;
+const HEADER: u8 = 2;
+const NOT_FOUND: u8 = 3;
+const OUTBOARD: u8 = 4;
+const BLOCK: u8 = 5;
+const END: u8 = 6;
+const ERROR: u8 = 7;
+
+/// The largest payload a frame of `kind` may have.
+fn max_payload(kind: u8) -> Option<usize> {
+    Some(match kind {
+        REQUEST => 32 + 1 + 2 + MAX_REQUEST_RANGES * 16,
+        HEADER => 8,
+        NOT_FOUND | END => 0,
+        OUTBOARD => CVS_PER_FRAME * 32,
+        BLOCK => 8 + BLOCK_BYTES as usize,
+        ERROR => 1024,
+        _ => return None,
+    })
+}
+
+fn protocol(why: impl Into<String>) -> StoreError {
+    StoreError::Protocol(why.into())
+}
+
+fn io_error(what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Network(format!("{what}: {e}"))
+}
+
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    parts: &[&[u8]],
+) -> Result<(), StoreError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(5 + len);
+    frame.push(kind);
+    frame.extend_from_slice(&(len as u32).to_le_bytes());
+    for p in parts {
+        frame.extend_from_slice(p);
+    }
+    w.write_all(&frame)
+        .await
+        .map_err(|e| io_error("send to peer", e))
+}
+
+/// Reads one frame (`None` at a clean end of stream before a frame), refusing unknown kinds and
+/// oversized payloads before reading them.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(u8, Vec<u8>)>, StoreError> {
+    let mut head = [0u8; 5];
+    let read = tokio::time::timeout(IDLE_TIMEOUT, async {
+        let mut got = 0;
+        while got < head.len() {
+            let n = r
+                .read(&mut head[got..])
+                .await
+                .map_err(|e| io_error("receive from peer", e))?;
+            if n == 0 {
+                return if got == 0 {
+                    Ok(false)
+                } else {
+                    Err(StoreError::Network("stream ended inside a frame".into()))
+                };
+            }
+            got += n;
+        }
+        Ok(true)
+    })
+    .await
+    .map_err(|_| StoreError::Network("peer went silent".into()))??;
+    if !read {
+        return Ok(None);
+    }
+    let kind = head[0];
+    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    let max = max_payload(kind).ok_or_else(|| protocol(format!("unknown frame kind {kind}")))?;
+    if len > max {
+        return Err(protocol(format!(
+            "frame of kind {kind} with {len} bytes (at most {max})"
+        )));
+    }
+    let mut payload = vec![0u8; len];
+    tokio::time::timeout(IDLE_TIMEOUT, r.read_exact(&mut payload))
+        .await
+        .map_err(|_| StoreError::Network("peer went silent".into()))?
+        .map_err(|e| io_error("receive from peer", e))?;
+    Ok(Some((kind, payload)))
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+/// A fetcher's request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Request {
+    id: FileId,
+    outboard: bool,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Request {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(35 + 16 * self.ranges.len());
+        b.extend_from_slice(&self.id.0);
+        b.push(u8::from(self.outboard));
+        b.extend_from_slice(&(self.ranges.len() as u16).to_le_bytes());
+        for (s, e) in &self.ranges {
+            b.extend_from_slice(&s.to_le_bytes());
+            b.extend_from_slice(&e.to_le_bytes());
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Self, StoreError> {
+        if b.len() < 35 {
+            return Err(protocol("short request"));
+        }
+        let id = FileId(b[..32].try_into().expect("32 bytes"));
+        let flags = b[32];
+        if flags > 1 {
+            return Err(protocol("unknown request flags"));
+        }
+        let n = u16::from_le_bytes([b[33], b[34]]) as usize;
+        if n > MAX_REQUEST_RANGES || b.len() != 35 + 16 * n {
+            return Err(protocol("request ranges do not match their count"));
+        }
+        let mut ranges = Vec::with_capacity(n);
+        let mut last_end = 0;
+        for k in 0..n {
+            let (s, e) = (u64_at(b, 35 + 16 * k), u64_at(b, 43 + 16 * k));
+            if s >= e || (k > 0 && s < last_end) {
+                return Err(protocol(
+                    "request ranges are not sorted, disjoint and non-empty",
+                ));
+            }
+            last_end = e;
+            ranges.push((s, e));
+        }
+        Ok(Request {
+            id,
+            outboard: flags == 1,
+            ranges,
+        })
+    }
+}
+
+/// What serving one request did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ServeReport {
+    /// Whether the file was held here at all.
+    pub found: bool,
+    pub blocks_sent: u64,
+    pub bytes_sent: u64,
+}
+
+/// Serves one `kith/file/1` stream a peer opened: reads its request and sends what is held.
+/// Blocks are read in batches and verified against the outboard before they are sent, so a
+/// damaged copy is reported ([`StoreError::Corrupt`], and an error frame to the peer), never
+/// served. A malformed request is [`StoreError::Protocol`].
+pub async fn serve(store: &Store, channel: PeerChannel) -> Result<ServeReport, StoreError> {
+    let PeerChannel {
+        peer,
+        mut send,
+        mut recv,
+    } = channel;
+    let result = serve_request(store, &mut send, &mut recv).await;
+    if let Err(error) = &result {
+        tracing::warn!(peer = %hex::encode(peer), %error, "file request failed");
+        if matches!(error, StoreError::Protocol(_) | StoreError::Corrupt(_)) {
+            let text = error.to_string();
+            let text = &text.as_bytes()[..text.len().min(1024)];
+            let _ = write_frame(&mut send, ERROR, &[text]).await;
+        }
+    }
+    let _ = send.shutdown().await;
+    result
+}
+
+async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+    store: &Store,
+    send: &mut W,
+    recv: &mut R,
+) -> Result<ServeReport, StoreError> {
+    let (kind, payload) = read_frame(recv)
+        .await?
+        .ok_or_else(|| protocol("stream ended before a request"))?;
+    if kind != REQUEST {
+        return Err(protocol(format!(
+            "expected a request, got frame kind {kind}"
+        )));
+    }
+    let request = Request::decode(&payload)?;
+    let id = request.id;
+    let Some(file) = store.file_row(&id).await? else {
+        write_frame(send, NOT_FOUND, &[]).await?;
+        return Ok(ServeReport::default());
+    };
+    let count = block_count(file.size);
+    // Every block sent is checked against the outboard, which is checked against the id.
+    let cvs = store.file_outboard(&id, file).await?;
+    write_frame(send, HEADER, &[&file.size.to_le_bytes()]).await?;
+    if request.outboard {
+        for frame in cvs.chunks(CVS_PER_FRAME) {
+            write_frame(send, OUTBOARD, &[&frame.concat()]).await?;
+        }
+    }
+    let held = store.held_blocks(file.row).await?;
+    let mut to_send = Vec::new();
+    for (s, e) in request.ranges {
+        let (s, e) = (s.min(count), e.min(count));
+        for (hs, he) in held.iter() {
+            let (a, b) = (s.max(hs), e.min(he));
+            if a < b {
+                to_send.push((a, b));
+            }
+        }
+    }
+    let mut report = ServeReport {
+        found: true,
+        ..ServeReport::default()
+    };
+    // Reading the next batch from the database overlaps with sending this one.
+    let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(2);
+    let read = async move {
+        for (s, e) in to_send {
+            let mut at = s;
+            while at < e {
+                let end = (at + BATCH_BLOCKS).min(e);
+                let rows = store.block_rows(file.row, at..end).await?;
+                for (idx, data) in &rows {
+                    check_block(&id, file.size, *idx, data, &cvs[*idx as usize])?;
+                }
+                if batches.send(rows).await.is_err() {
+                    return Ok(());
+                }
+                at = end;
+            }
+        }
+        Ok::<_, StoreError>(())
+    };
+    let write = async {
+        while let Some(rows) = batch_rx.recv().await {
+            for (idx, data) in rows {
+                write_frame(send, BLOCK, &[&idx.to_le_bytes(), &data]).await?;
+                report.blocks_sent += 1;
+                report.bytes_sent += data.len() as u64;
+            }
+        }
+        Ok::<_, StoreError>(())
+    };
+    let (read, written) = tokio::join!(read, write);
+    read?;
+    written?;
+    write_frame(send, END, &[]).await?;
+    Ok(report)
+}
+
+/// Where a fetch stands, after each verified block.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FetchProgress {
+    /// The file's ciphertext size.
+    pub file_size: u64,
+    /// Ciphertext bytes in the asked range.
+    pub total: u64,
+    /// Of those, bytes held now (before this fetch, or received and verified by it).
+    pub held: u64,
+    /// Bytes received and verified by this fetch.
+    pub received: u64,
+}
+
+/// What a fetch did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FetchReport {
+    /// The file as held afterwards.
+    pub info: FileInfo,
+    pub blocks_received: u64,
+    pub bytes_received: u64,
+    /// Blocks of the asked range still missing (the peer did not have them, or there were more
+    /// than [`MAX_REQUEST_RANGES`] gaps): fetch again, from this peer or another.
+    pub missing: RangeSet,
+}
+
+impl FetchReport {
+    /// Whether every block of the asked range is held now.
+    pub fn complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// Fetches blocks `blocks` (block indices, clamped to the file; `0..u64::MAX` for all of it;
+/// for a plaintext range, [`super::Ticket::blocks_for`]) of file `id` from `peer` into `store`,
+/// asking only for the blocks not held yet. Each block is verified before it is stored, and
+/// stored as the transfer goes, so an interrupted fetch is resumed by fetching again.
+/// `progress` is called after each verified block.
+///
+/// Errors: [`StoreError::FileNotFound`] if the peer lacks the file, [`StoreError::Protocol`] if
+/// it sent bad data (what it sent before that, verified, is kept), [`StoreError::Network`] if
+/// the stream broke.
+pub async fn fetch(
+    store: &Store,
+    network: &dyn Network,
+    peer: PeerId,
+    id: FileId,
+    blocks: Range<u64>,
+    mut progress: impl FnMut(FetchProgress) + Send,
+) -> Result<FetchReport, StoreError> {
+    let known = store.file_row(&id).await?;
+    let wanted = |count: u64| blocks.start.min(count)..blocks.end.min(count);
+    let mut ask = RangeSet::new();
+    match known {
+        Some(file) => {
+            let w = wanted(block_count(file.size));
+            let held = store.held_blocks(file.row).await?;
+            for (s, e) in held.missing(w.end).iter() {
+                ask.insert(s.max(w.start), e);
+            }
+            if ask.is_empty() {
+                return Ok(FetchReport {
+                    info: store.file_info(&id).await?,
+                    blocks_received: 0,
+                    bytes_received: 0,
+                    missing: RangeSet::new(),
+                });
+            }
+        }
+        None => ask.insert(blocks.start, blocks.end),
+    }
+    let request = Request {
+        id,
+        outboard: known.is_none(),
+        ranges: ask.iter().take(MAX_REQUEST_RANGES).collect(),
+    };
+    let channel = network.open(peer, ALPN).await?;
+    let PeerChannel {
+        peer,
+        mut send,
+        recv,
+    } = channel;
+    write_frame(&mut send, REQUEST, &[&request.encode()]).await?;
+    send.shutdown()
+        .await
+        .map_err(|e| io_error("send to peer", e))?;
+    let mut recv = BufReader::with_capacity(256 * 1024, recv);
+
+    let mut session = Session {
+        store,
+        id,
+        known,
+        ask,
+        request,
+        blocks: blocks.clone(),
+        received_blocks: 0,
+        received_bytes: 0,
+    };
+    let result = session.run(&mut recv, &mut progress).await;
+    if let Err(error) = &result {
+        tracing::warn!(peer = %hex::encode(peer), file = %id, %error, "file fetch failed");
+    }
+    let missing = result?;
+    Ok(FetchReport {
+        info: store.file_info(&id).await?,
+        blocks_received: session.received_blocks,
+        bytes_received: session.received_bytes,
+        missing,
+    })
+}
+
+struct Session<'a> {
+    store: &'a Store,
+    id: FileId,
+    known: Option<super::store::FileRow>,
+    /// Every block still wanted (the request may have carried only the first ranges of it).
+    ask: RangeSet,
+    request: Request,
+    /// The asked block range, unclamped.
+    blocks: Range<u64>,
+    received_blocks: u64,
+    received_bytes: u64,
+}
+
+impl Session<'_> {
+    /// Runs the transfer; the blocks of the asked range still missing at the end.
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        recv: &mut R,
+        progress: &mut (impl FnMut(FetchProgress) + Send),
+    ) -> Result<RangeSet, StoreError> {
+        let (kind, payload) = read_frame(recv).await?.ok_or_else(|| {
+            StoreError::Network("peer closed the stream without answering".into())
+        })?;
+        let size = match kind {
+            HEADER if payload.len() == 8 => u64_at(&payload, 0),
+            NOT_FOUND => return Err(StoreError::FileNotFound { id: self.id }),
+            ERROR => return Err(peer_error(&payload)),
+            _ => {
+                return Err(protocol(format!(
+                    "expected a header, got frame kind {kind}"
+                )));
+            }
+        };
+        if size == 0 || size > MAX_FILE_BYTES {
+            return Err(protocol(format!("file size {size} out of range")));
+        }
+        let count = block_count(size);
+        let file = match self.known {
+            Some(file) if file.size != size => {
+                return Err(protocol(format!(
+                    "peer says the file has {size} bytes, it has {}",
+                    file.size
+                )));
+            }
+            Some(file) => file,
+            None => {
+                let cvs = self.read_outboard(recv, count).await?;
+                self.store
+                    .add_file(&self.id, size, &cvs)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::BadProof => {
+                            protocol("the outboard does not lead to the file id")
+                        }
+                        other => other,
+                    })?
+            }
+        };
+        let cvs = self.store.file_cvs(&self.id, file, 0..count).await?;
+
+        // What is asked, clamped to the file; the request's ranges are what may arrive.
+        let mut asked = RangeSet::new();
+        for (s, e) in self.ask.iter() {
+            asked.insert(s.min(count), e.min(count));
+        }
+        let mut may_arrive = RangeSet::new();
+        for &(s, e) in &self.request.ranges {
+            may_arrive.insert(s.min(count), e.min(count));
+        }
+        let w = self.blocks.start.min(count)..self.blocks.end.min(count);
+        let total = span_bytes(size, w.start, w.end);
+        let to_get: u64 = asked.iter().map(|(s, e)| span_bytes(size, s, e)).sum();
+        let mut state = FetchProgress {
+            file_size: size,
+            total,
+            held: total.saturating_sub(to_get),
+            received: 0,
+        };
+        progress(state);
+
+        let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(2);
+        let store = self.store;
+        let row = file.row;
+        let write = async move {
+            while let Some(batch) = batch_rx.recv().await {
+                store.put_blocks(row, &batch).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let mut received = RangeSet::new();
+        let receive = async {
+            let mut batch = Vec::with_capacity(BATCH_BLOCKS as usize);
+            let result = async {
+                let mut next = 0u64;
+                loop {
+                    let (kind, payload) = read_frame(recv).await?.ok_or_else(|| {
+                        StoreError::Network("stream ended before the transfer did".into())
+                    })?;
+                    match kind {
+                        BLOCK if payload.len() > 8 => {
+                            let idx = u64_at(&payload, 0);
+                            let data = &payload[8..];
+                            if idx < next || !may_arrive.contains(idx) {
+                                return Err(protocol(format!(
+                                    "block {idx} was not asked for or is out of order"
+                                )));
+                            }
+                            if data.len() != block_len(size, idx) {
+                                return Err(protocol(format!(
+                                    "block {idx} has {} bytes, expected {}",
+                                    data.len(),
+                                    block_len(size, idx)
+                                )));
+                            }
+                            if block_cv(size, idx, data) != cvs[idx as usize] {
+                                return Err(protocol(format!(
+                                    "block {idx} does not match the file's hash"
+                                )));
+                            }
+                            next = idx + 1;
+                            let mut payload = payload;
+                            payload.drain(..8);
+                            state.received += payload.len() as u64;
+                            state.held += payload.len() as u64;
+                            self.received_blocks += 1;
+                            self.received_bytes += payload.len() as u64;
+                            received.insert(idx, idx + 1);
+                            batch.push((idx, payload));
+                            if batch.len() as u64 == BATCH_BLOCKS {
+                                let full = std::mem::replace(
+                                    &mut batch,
+                                    Vec::with_capacity(BATCH_BLOCKS as usize),
+                                );
+                                batches.send(full).await.map_err(|_| {
+                                    StoreError::Io("the store stopped taking blocks".into())
+                                })?;
+                            }
+                            progress(state);
+                        }
+                        END if payload.is_empty() => return Ok(()),
+                        ERROR => return Err(peer_error(&payload)),
+                        _ => {
+                            return Err(protocol(format!(
+                                "unexpected frame kind {kind} of {} bytes",
+                                payload.len()
+                            )));
+                        }
+                    }
+                }
+            }
+            .await;
+            // What was verified before an error is kept: a new fetch resumes after it.
+            if !batch.is_empty() {
+                let _ = batches.send(batch).await;
+            }
+            drop(batches);
+            result
+        };
+        let (received_result, written) = tokio::join!(receive, write);
+        written?;
+        received_result?;
+        let mut missing = RangeSet::new();
+        for (s, e) in asked.iter() {
+            for i in s..e {
+                if !received.contains(i) {
+                    missing.insert(i, i + 1);
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn read_outboard<R: AsyncRead + Unpin>(
+        &self,
+        recv: &mut R,
+        count: u64,
+    ) -> Result<Vec<ChainingValue>, StoreError> {
+        let mut cvs: Vec<ChainingValue> = Vec::new();
+        while (cvs.len() as u64) < count {
+            let (kind, payload) = read_frame(recv)
+                .await?
+                .ok_or_else(|| StoreError::Network("stream ended inside the outboard".into()))?;
+            match kind {
+                OUTBOARD if !payload.is_empty() && payload.len() % 32 == 0 => {
+                    if cvs.len() as u64 + (payload.len() / 32) as u64 > count {
+                        return Err(protocol("outboard longer than the file"));
+                    }
+                    cvs.extend(
+                        payload
+                            .chunks_exact(32)
+                            .map(|c| -> ChainingValue { c.try_into().expect("32 bytes") }),
+                    );
+                }
+                ERROR => return Err(peer_error(&payload)),
+                _ => {
+                    return Err(protocol(format!(
+                        "expected the outboard, got frame kind {kind}"
+                    )));
+                }
+            }
+        }
+        Ok(cvs)
+    }
+}
+
+/// Ciphertext bytes in blocks `[start, end)` of a file of `size` bytes.
+fn span_bytes(size: u64, start: u64, end: u64) -> u64 {
+    end.saturating_mul(BLOCK_BYTES).min(size) - start.saturating_mul(BLOCK_BYTES).min(size)
+}
+
+fn peer_error(payload: &[u8]) -> StoreError {
+    protocol(format!("peer: {}", String::from_utf8_lossy(payload)))
+}
