@@ -4,7 +4,9 @@
 
 mod context;
 mod device;
+mod file;
 mod id;
+mod mirror;
 mod node;
 mod output;
 mod profile;
@@ -78,8 +80,12 @@ enum Command {
     Dht(transport::DhtCommand),
     /// The store's database: totals, and moving it between SQLite and PostgreSQL.
     Store(store::StoreArgs),
-    /// Inspect and verify the signed logs in the store.
+    /// Inspect, verify, append to, read and sync the signed logs in the store.
     Log(store::LogArgs),
+    /// Mirror logs by their keys (blind: ciphertext only), list and remove mirrors.
+    Mirror(mirror::MirrorArgs),
+    /// Put and get encrypted files (a `kithfile1…` ticket carries the key).
+    File(file::FileArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +110,8 @@ fn main() -> ExitCode {
             Command::Dht(cmd) => transport::run_dht(&ctx, cmd).await,
             Command::Store(args) => store::run_store(&ctx, args).await,
             Command::Log(args) => store::run_log(&ctx, args).await,
+            Command::Mirror(args) => mirror::run(&ctx, args).await,
+            Command::File(args) => file::run(&ctx, args).await,
         }
     });
     match result {

@@ -17,6 +17,86 @@ pub fn emit(json: bool, value: Value, text: impl FnOnce() -> String) {
     }
 }
 
+/// A progress bar on stderr: redrawn in place on a terminal, a line per tenth otherwise (logs,
+/// tests). Nothing is printed for work that finishes within half a second on a terminal.
+pub struct Progress {
+    label: &'static str,
+    total: u64,
+    done: u64,
+    started: std::time::Instant,
+    terminal: bool,
+    shown_tenths: u64,
+    drawn: bool,
+    quiet: bool,
+}
+
+impl Progress {
+    /// `quiet` (e.g. `--json`) prints nothing.
+    pub fn new(label: &'static str, total: u64, quiet: bool) -> Self {
+        use std::io::IsTerminal as _;
+        Progress {
+            label,
+            total,
+            done: 0,
+            started: std::time::Instant::now(),
+            terminal: std::io::stderr().is_terminal(),
+            shown_tenths: 0,
+            drawn: false,
+            quiet,
+        }
+    }
+
+    /// Sets how much is done (bytes).
+    pub fn set(&mut self, done: u64) {
+        self.done = done.min(self.total.max(done));
+        if self.quiet {
+            return;
+        }
+        let fraction = if self.total == 0 {
+            1.0
+        } else {
+            self.done as f64 / self.total as f64
+        };
+        if self.terminal {
+            if self.started.elapsed().as_millis() >= 500 || self.drawn {
+                eprint!("\r{}", self.line(fraction));
+                self.drawn = true;
+            }
+        } else {
+            let tenths = (fraction * 10.0) as u64;
+            if tenths > self.shown_tenths {
+                self.shown_tenths = tenths;
+                eprintln!("{}", self.line(fraction));
+            }
+        }
+    }
+
+    fn line(&self, fraction: f64) -> String {
+        const WIDTH: usize = 30;
+        let filled = ((fraction * WIDTH as f64) as usize).min(WIDTH);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        format!(
+            "{} [{}{}] {:>3}% {:.1}/{:.1} MiB {:.1} MiB/s",
+            self.label,
+            "#".repeat(filled),
+            ".".repeat(WIDTH - filled),
+            (fraction * 100.0) as u64,
+            self.done as f64 / 1048576.0,
+            self.total as f64 / 1048576.0,
+            self.done as f64 / 1048576.0 / secs
+        )
+    }
+
+    /// Ends the bar (a newline after an in-place bar).
+    pub fn finish(mut self) {
+        let total = self.total.max(self.done);
+        self.set(total);
+        if self.drawn && !self.quiet {
+            eprintln!();
+        }
+    }
+}
+
 /// Seconds since the epoch as RFC 3339-ish UTC text (no time-zone database needed).
 pub fn time(secs: u64) -> String {
     let days = secs / 86_400;

@@ -94,6 +94,15 @@ pub enum LogCommand {
         #[arg(required = true)]
         entries: Vec<String>,
     },
+    /// Bring a log up to date from the peers announcing it (or `--peer`), once, through the
+    /// store service.
+    Sync {
+        /// The log's key (64 hex).
+        key: String,
+        /// A peer to sync with (64 hex); default: the peers announced under the log's topic.
+        #[arg(long)]
+        peer: Option<String>,
+    },
     /// Print entries [START, END) of a log through the store service, one per line (hex with
     /// --hex, else text).
     Read {
@@ -225,7 +234,13 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("restrict {}", dir.display()))
 }
 
-fn parse_key(hex_key: &str) -> anyhow::Result<LogKey> {
+/// A peer id, 64 hex.
+pub(crate) fn parse_peer(text: &str) -> anyhow::Result<[u8; 32]> {
+    let key = parse_key(text).with_context(|| format!("peer id {text:?}"))?;
+    Ok(*key.as_bytes())
+}
+
+pub(crate) fn parse_key(hex_key: &str) -> anyhow::Result<LogKey> {
     let bytes =
         hex::decode(hex_key).map_err(|e| anyhow::anyhow!("log key {hex_key:?} is not hex: {e}"))?;
     LogKey::from_slice(&bytes).with_context(|| format!("log key {hex_key:?}"))
@@ -443,6 +458,18 @@ async fn run_log_service(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
                 || entries.iter().map(show).collect::<Vec<_>>().join("\n"),
             );
         }
+        LogCommand::Sync { key, peer } => {
+            let key = parse_key(&key)?;
+            let peer = peer.map(|p| parse_peer(&p)).transpose()?;
+            let store = crate::store_service::client(ctx, &args.url).await?;
+            let report = store.sync_log(key, peer).await?;
+            emit(ctx.json, json!(report), || {
+                format!(
+                    "{key}: {} entries received from {} of {} peers; length {}",
+                    report.entries_received, report.peers_synced, report.peers_found, report.length
+                )
+            });
+        }
         LogCommand::List | LogCommand::Show { .. } | LogCommand::Verify { .. } => {
             run_log_db(ctx, &args.url, args.command).await?;
         }
@@ -562,7 +589,7 @@ async fn run_log_on(
                 anyhow::bail!("log {key} failed verification{others}: {error}");
             }
         }
-        LogCommand::Append { .. } | LogCommand::Read { .. } => {
+        LogCommand::Append { .. } | LogCommand::Read { .. } | LogCommand::Sync { .. } => {
             unreachable!("append and read go through the store service (run_log_service)")
         }
     }

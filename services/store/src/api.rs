@@ -3,16 +3,22 @@
 //! [`StoreClient`] and cannot tell which. Errors are one typed enum, [`ApiError`], the same
 //! locally and over gRPC.
 
+use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use serde::Serialize;
+use tokio_stream::Stream;
 
 use crate::backend::{LogInfo, MailboxStats, Stats, VerifyReport};
 use crate::error::StoreError;
+use crate::files::{FetchProgress, FileId, FileInfo};
 use crate::log::LogKey;
 use crate::mailbox::{Deposited, MailboxKey, Record};
 use crate::net::PeerId;
+use crate::replicate::{MirrorInfo, MirrorPolicy, SyncReport};
 
 kith_service::service_error! {
     /// Everything a store API call can fail with, for local and remote callers alike.
@@ -67,7 +73,9 @@ impl From<StoreError> for ApiError {
             StoreError::Remote { ref reason, .. } => match reason.as_str() {
                 "mailbox_full" | "entry_too_large" | "batch_too_large" => ApiError::Full(message),
                 "invalid_key" | "malformed" | "out_of_range" => ApiError::InvalidArgument(message),
-                "file_not_found" | "block_not_held" | "log_not_found" => ApiError::NotFound(message),
+                "file_not_found" | "block_not_held" | "log_not_found" => {
+                    ApiError::NotFound(message)
+                }
                 "bad_signature" | "bad_proof" => ApiError::BadData(message),
                 _ => ApiError::Unreachable(message),
             },
@@ -125,6 +133,22 @@ pub struct StoreStatus {
 /// A mailbox record as the owner reads it.
 pub type MailboxRecord = Record;
 
+/// Bytes streamed in or out (file ciphertext), in pieces of at most [`MAX_DATA_PIECE`].
+pub type DataStream = Pin<Box<dyn Stream<Item = Result<Bytes>> + Send>>;
+
+/// The largest piece of a [`DataStream`].
+pub const MAX_DATA_PIECE: usize = 1024 * 1024;
+
+/// Where a file fetch stands; the last update carries the file as held afterwards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FetchUpdate {
+    pub progress: FetchProgress,
+    pub done: Option<FileInfo>,
+}
+
+/// The updates of a fetch.
+pub type FetchStream = Pin<Box<dyn Stream<Item = Result<FetchUpdate>> + Send>>;
+
 /// The store service.
 #[async_trait]
 pub trait StoreApi: Send + Sync + 'static {
@@ -151,6 +175,31 @@ pub trait StoreApi: Send + Sync + 'static {
     async fn mailbox_fetch(&self, peer: Option<PeerId>, ack: bool) -> Result<Vec<MailboxRecord>>;
     /// This node's mailbox key.
     async fn mailbox_key(&self) -> Result<MailboxKey>;
+
+    /// Brings a log up to date once, from `peer` or from the peers under its topic.
+    async fn sync_log(&self, key: LogKey, peer: Option<PeerId>) -> Result<SyncReport>;
+    /// Mirrors a log by its key alone: replicates, serves and follows it within `policy`.
+    async fn add_mirror(&self, key: LogKey, policy: MirrorPolicy) -> Result<MirrorInfo>;
+    /// Stops mirroring a log and drops what is held of it; `false` if it was not mirrored.
+    async fn remove_mirror(&self, key: LogKey) -> Result<bool>;
+    async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>>;
+
+    /// Stores a file's ciphertext (the caller encrypted it), streamed in order; answers once
+    /// it is all durable.
+    async fn put_file(&self, ciphertext: DataStream) -> Result<FileInfo>;
+    /// Ciphertext bytes `[start, end)` (`end` clamped to the file; `None`: to the end) of a
+    /// held file, each block verified against the file's id as it is read.
+    async fn read_file(&self, id: FileId, start: u64, end: Option<u64>) -> Result<DataStream>;
+    /// Fetches `blocks` of a file from `peer` (or the peers under the file's topic) into this
+    /// store, verified and kept as they arrive.
+    async fn fetch_file(
+        &self,
+        id: FileId,
+        peer: Option<PeerId>,
+        blocks: Range<u64>,
+    ) -> Result<FetchStream>;
+    async fn get_file(&self, id: FileId) -> Result<FileInfo>;
+    async fn list_files(&self) -> Result<Vec<FileInfo>>;
 }
 
 /// The client every caller of the store service holds, in-process or remote.

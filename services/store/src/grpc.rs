@@ -9,13 +9,16 @@ use kith_proto::store::v1 as pb;
 use kith_proto::store::v1::store_client::StoreClient as GrpcClient;
 use kith_proto::store::v1::store_server::{Store as StoreRpc, StoreServer};
 use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError};
-use tonic::{Request, Response, Status};
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::api::*;
 use crate::backend::{LogInfo, MailboxStats, Stats, VerifyReport};
+use crate::files::{FetchProgress, FileId, FileInfo};
 use crate::log::{LogKey, SignedRoot};
 use crate::mailbox::{Deposited, MailboxKey, Record};
 use crate::net::PeerId;
+use crate::replicate::{MirrorInfo, MirrorPolicy, SyncReport};
 
 /// Serves `api` as the `kith.store.v1.Store` gRPC service.
 pub fn grpc_service(api: Arc<dyn StoreApi>) -> StoreServer<StoreGrpc> {
@@ -110,8 +113,204 @@ fn record_to_wire(r: &Record) -> pb::MailboxRecord {
     }
 }
 
+fn file_id_from_wire(bytes: &[u8], field: &str) -> Result<FileId> {
+    Ok(FileId(id_from_wire(bytes, field)?))
+}
+
+impl From<&FileInfo> for pb::FileInfo {
+    fn from(f: &FileInfo) -> Self {
+        pb::FileInfo {
+            id: Bytes::copy_from_slice(f.id.as_bytes()),
+            size: f.size,
+            blocks: f.blocks,
+            held_blocks: f.held_blocks,
+            held_bytes: f.held_bytes,
+        }
+    }
+}
+
+impl TryFrom<pb::FileInfo> for FileInfo {
+    type Error = ApiError;
+    fn try_from(f: pb::FileInfo) -> Result<Self> {
+        Ok(FileInfo {
+            id: file_id_from_wire(&f.id, "file.id")?,
+            size: f.size,
+            blocks: f.blocks,
+            held_blocks: f.held_blocks,
+            held_bytes: f.held_bytes,
+        })
+    }
+}
+
+impl From<&MirrorInfo> for pb::MirrorInfo {
+    fn from(m: &MirrorInfo) -> Self {
+        pb::MirrorInfo {
+            key: Bytes::copy_from_slice(m.key.as_bytes()),
+            quota_bytes: m.policy.quota_bytes.unwrap_or(0),
+            priority: m.policy.priority,
+            length: m.length,
+            held_entries: m.held_entries,
+            bytes_held: m.bytes_held,
+            evicted_below: m.evicted_below,
+            peers_seen: m.peers_seen,
+            last_sync_ms: m.last_sync_ms.unwrap_or(0),
+            forked: m.forked,
+        }
+    }
+}
+
+impl TryFrom<pb::MirrorInfo> for MirrorInfo {
+    type Error = ApiError;
+    fn try_from(m: pb::MirrorInfo) -> Result<Self> {
+        Ok(MirrorInfo {
+            key: key_from_wire(&m.key, "mirror.key")?,
+            policy: MirrorPolicy {
+                quota_bytes: (m.quota_bytes != 0).then_some(m.quota_bytes),
+                priority: m.priority,
+            },
+            length: m.length,
+            held_entries: m.held_entries,
+            bytes_held: m.bytes_held,
+            evicted_below: m.evicted_below,
+            peers_seen: m.peers_seen,
+            last_sync_ms: (m.last_sync_ms != 0).then_some(m.last_sync_ms),
+            forked: m.forked,
+        })
+    }
+}
+
+fn blocks_from_wire(first: u64, end: u64) -> std::ops::Range<u64> {
+    first..if end == 0 { u64::MAX } else { end }
+}
+
+type ResponseStream<T> = std::pin::Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl StoreRpc for StoreGrpc {
+    type ReadFileStream = ResponseStream<pb::FileData>;
+    type FetchFileStream = ResponseStream<pb::FetchFileProgress>;
+
+    async fn sync_log(
+        &self,
+        request: Request<pb::SyncLogRequest>,
+    ) -> Result<Response<pb::SyncLogResponse>, Status> {
+        let r = request.into_inner();
+        let key = key_from_wire(&r.key, "key").map_err(status)?;
+        let peer = peer_from_wire(&r.peer, "peer").map_err(status)?;
+        let report = self.api.sync_log(key, peer).await.map_err(status)?;
+        Ok(Response::new(pb::SyncLogResponse {
+            peers_found: report.peers_found as u64,
+            peers_synced: report.peers_synced as u64,
+            entries_received: report.entries_received,
+            length: report.length,
+        }))
+    }
+
+    async fn add_mirror(
+        &self,
+        request: Request<pb::AddMirrorRequest>,
+    ) -> Result<Response<pb::MirrorInfo>, Status> {
+        let r = request.into_inner();
+        let key = key_from_wire(&r.key, "key").map_err(status)?;
+        let policy = MirrorPolicy {
+            quota_bytes: (r.quota_bytes != 0).then_some(r.quota_bytes),
+            priority: r.priority,
+        };
+        let info = self.api.add_mirror(key, policy).await.map_err(status)?;
+        Ok(Response::new((&info).into()))
+    }
+
+    async fn remove_mirror(
+        &self,
+        request: Request<pb::RemoveMirrorRequest>,
+    ) -> Result<Response<pb::RemoveMirrorResponse>, Status> {
+        let key = key_from_wire(&request.into_inner().key, "key").map_err(status)?;
+        let removed = self.api.remove_mirror(key).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveMirrorResponse { removed }))
+    }
+
+    async fn list_mirrors(
+        &self,
+        _: Request<pb::ListMirrorsRequest>,
+    ) -> Result<Response<pb::ListMirrorsResponse>, Status> {
+        let mirrors = self.api.list_mirrors().await.map_err(status)?;
+        Ok(Response::new(pb::ListMirrorsResponse {
+            mirrors: mirrors.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn put_file(
+        &self,
+        request: Request<Streaming<pb::FileData>>,
+    ) -> Result<Response<pb::FileInfo>, Status> {
+        let pieces = request.into_inner().map(|piece| match piece {
+            Ok(piece) if piece.data.len() > MAX_DATA_PIECE => Err(ApiError::InvalidArgument(
+                "a file data message larger than 1 MiB".into(),
+            )),
+            Ok(piece) => Ok(piece.data),
+            Err(s) => Err(ApiError::from_status(&s)),
+        });
+        let info = self.api.put_file(Box::pin(pieces)).await.map_err(status)?;
+        Ok(Response::new((&info).into()))
+    }
+
+    async fn read_file(
+        &self,
+        request: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let r = request.into_inner();
+        let id = file_id_from_wire(&r.id, "id").map_err(status)?;
+        let end = (r.end != 0).then_some(r.end);
+        let data = self.api.read_file(id, r.start, end).await.map_err(status)?;
+        let out = data.map(|piece| piece.map(|data| pb::FileData { data }).map_err(status));
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn fetch_file(
+        &self,
+        request: Request<pb::FetchFileRequest>,
+    ) -> Result<Response<Self::FetchFileStream>, Status> {
+        let r = request.into_inner();
+        let id = file_id_from_wire(&r.id, "id").map_err(status)?;
+        let peer = peer_from_wire(&r.peer, "peer").map_err(status)?;
+        let updates = self
+            .api
+            .fetch_file(id, peer, blocks_from_wire(r.first_block, r.end_block))
+            .await
+            .map_err(status)?;
+        let out = updates.map(|update| {
+            update
+                .map(|u| pb::FetchFileProgress {
+                    file_size: u.progress.file_size,
+                    total: u.progress.total,
+                    held: u.progress.held,
+                    received: u.progress.received,
+                    done: u.done.as_ref().map(Into::into),
+                })
+                .map_err(status)
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn get_file(
+        &self,
+        request: Request<pb::GetFileRequest>,
+    ) -> Result<Response<pb::FileInfo>, Status> {
+        let id = file_id_from_wire(&request.into_inner().id, "id").map_err(status)?;
+        let info = self.api.get_file(id).await.map_err(status)?;
+        Ok(Response::new((&info).into()))
+    }
+
+    async fn list_files(
+        &self,
+        _: Request<pb::ListFilesRequest>,
+    ) -> Result<Response<pb::ListFilesResponse>, Status> {
+        let files = self.api.list_files().await.map_err(status)?;
+        Ok(Response::new(pb::ListFilesResponse {
+            files: files.iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn status(
         &self,
         _: Request<pb::StatusRequest>,
@@ -418,5 +617,164 @@ impl StoreApi for RemoteStore {
             })
             .await?;
         mailbox_from_wire(&r.key, "key")
+    }
+
+    async fn sync_log(&self, key: LogKey, peer: Option<PeerId>) -> Result<SyncReport> {
+        let request = pb::SyncLogRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            peer: peer_to_wire(peer),
+        };
+        let r = self
+            .call(request, |mut c, r| async move { c.sync_log(r).await })
+            .await?;
+        Ok(SyncReport {
+            peers_found: r.peers_found as usize,
+            peers_synced: r.peers_synced as usize,
+            entries_received: r.entries_received,
+            length: r.length,
+        })
+    }
+
+    async fn add_mirror(&self, key: LogKey, policy: MirrorPolicy) -> Result<MirrorInfo> {
+        let request = pb::AddMirrorRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            quota_bytes: policy.quota_bytes.unwrap_or(0),
+            priority: policy.priority,
+        };
+        self.call(request, |mut c, r| async move { c.add_mirror(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn remove_mirror(&self, key: LogKey) -> Result<bool> {
+        let request = pb::RemoveMirrorRequest {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+        };
+        Ok(self
+            .call(request, |mut c, r| async move { c.remove_mirror(r).await })
+            .await?
+            .removed)
+    }
+
+    async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>> {
+        self.call(pb::ListMirrorsRequest {}, |mut c, r| async move {
+            c.list_mirrors(r).await
+        })
+        .await?
+        .mirrors
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+
+    async fn put_file(&self, ciphertext: DataStream) -> Result<FileInfo> {
+        // A client stream cannot be replayed: no reconnect retry here. The caller's stream is
+        // pumped by a task; a read error of it ends the upload (the service then keeps nothing
+        // of it) and is what the call returns.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::FileData>(4);
+        let mut pump = tokio::spawn(async move {
+            let mut ciphertext = ciphertext;
+            while let Some(piece) = ciphertext.next().await {
+                match piece {
+                    Ok(data) => {
+                        if tx.send(pb::FileData { data }).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    // The sender is kept (returned) so the upload does not look complete
+                    // before the call is cancelled.
+                    Err(error) => return Err((error, tx)),
+                }
+            }
+            Ok(())
+        });
+        let mut client = self.client.clone();
+        let mut call = Box::pin(async move {
+            client
+                .put_file(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        let result = tokio::select! {
+            result = &mut call => result,
+            pumped = &mut pump => match pumped {
+                Ok(Err((error, tx))) => {
+                    drop(call); // cancels the call (the stream is reset, not ended)
+                    drop(tx);
+                    return Err(error);
+                }
+                _ => call.await,
+            },
+        };
+        result
+            .map_err(|s| ApiError::from_status(&s))?
+            .into_inner()
+            .try_into()
+    }
+
+    async fn read_file(&self, id: FileId, start: u64, end: Option<u64>) -> Result<DataStream> {
+        let request = pb::ReadFileRequest {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            start,
+            end: end.unwrap_or(0),
+        };
+        let stream = self
+            .call(request, |mut c, r| async move { c.read_file(r).await })
+            .await?;
+        Ok(Box::pin(stream.map(|piece| {
+            piece.map(|p| p.data).map_err(|s| ApiError::from_status(&s))
+        })))
+    }
+
+    async fn fetch_file(
+        &self,
+        id: FileId,
+        peer: Option<PeerId>,
+        blocks: std::ops::Range<u64>,
+    ) -> Result<FetchStream> {
+        let request = pb::FetchFileRequest {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+            peer: peer_to_wire(peer),
+            first_block: blocks.start,
+            end_block: if blocks.end == u64::MAX {
+                0
+            } else {
+                blocks.end
+            },
+        };
+        let stream = self
+            .call(request, |mut c, r| async move { c.fetch_file(r).await })
+            .await?;
+        Ok(Box::pin(stream.map(|update| {
+            let u = update.map_err(|s| ApiError::from_status(&s))?;
+            Ok(FetchUpdate {
+                progress: FetchProgress {
+                    file_size: u.file_size,
+                    total: u.total,
+                    held: u.held,
+                    received: u.received,
+                },
+                done: u.done.map(TryInto::try_into).transpose()?,
+            })
+        })))
+    }
+
+    async fn get_file(&self, id: FileId) -> Result<FileInfo> {
+        let request = pb::GetFileRequest {
+            id: Bytes::copy_from_slice(id.as_bytes()),
+        };
+        self.call(request, |mut c, r| async move { c.get_file(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn list_files(&self) -> Result<Vec<FileInfo>> {
+        self.call(pb::ListFilesRequest {}, |mut c, r| async move {
+            c.list_files(r).await
+        })
+        .await?
+        .files
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
     }
 }

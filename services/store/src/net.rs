@@ -62,6 +62,11 @@ pub fn log_topic(key: &crate::log::LogKey) -> Topic {
     blake3::derive_key("kith-store log topic v1", key.as_bytes())
 }
 
+/// The DHT topic under which holders of a file announce themselves (a keyed hash of its id).
+pub fn file_topic(id: &crate::files::FileId) -> Topic {
+    blake3::derive_key("kith-store file topic v1", id.as_bytes())
+}
+
 /// An in-memory network for tests: peers are registered on a shared hub; streams are
 /// `tokio::io::duplex` pipes; topics are a shared map.
 #[cfg(feature = "testing")]

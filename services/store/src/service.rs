@@ -1,5 +1,5 @@
 //! The store service in-process: [`StoreService`] implements [`StoreApi`] over a [`Store`], the
-//! network (for mailboxes at other peers and, through it, replication) and the node's keys.
+//! network (replication, mirrors, files and mailboxes between peers) and the node's keys.
 //!
 //! Keys stay with the identity service: the store asks it (through [`NodeKeys`], which the
 //! `kith` binary implements over the identity API) for the delegated key of a scope —
@@ -7,6 +7,7 @@
 //! memory only.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,13 +17,19 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
+use bytes::Bytes;
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::ReceiverStream;
+
 use crate::Store;
 use crate::api::*;
 use crate::backend::{LogInfo, VerifyReport};
 use crate::error::StoreError;
+use crate::files::{self, BLOCK_BYTES, FetchProgress, FileId, FileInfo};
 use crate::log::{Ed25519Signer, LogKey, MAX_BATCH_ENTRIES};
 use crate::mailbox::{self, Deposited, MAILBOX_ALPN, MailboxKey};
-use crate::net::{Network, PeerId};
+use crate::net::{Network, PeerId, file_topic};
+use crate::replicate::{self, MirrorInfo, MirrorPolicy, Replicator, ReplicatorConfig, SyncReport};
 
 /// Where the store gets its keys: the identity service's delegated keys, by scope.
 #[async_trait]
@@ -42,6 +49,8 @@ pub struct StoreConfig {
     pub max_incoming: usize,
     /// How long one incoming mailbox request may take.
     pub request_timeout: Duration,
+    /// Entry bytes held for all mirrored logs together, at most (`None`: no total quota).
+    pub mirror_quota: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -51,6 +60,7 @@ impl Default for StoreConfig {
             expire_interval: Duration::from_secs(600),
             max_incoming: 64,
             request_timeout: Duration::from_secs(30),
+            mirror_quota: None,
         }
     }
 }
@@ -63,6 +73,7 @@ pub struct StoreService {
     config: StoreConfig,
     signers: tokio::sync::Mutex<HashMap<String, Arc<Ed25519Signer>>>,
     mailbox_owner: OnceCell<SigningKey>,
+    replicator: Option<Arc<Replicator>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -76,14 +87,27 @@ impl std::fmt::Debug for StoreService {
 }
 
 impl StoreService {
-    /// Starts the service: serves mailboxes on the network (when there is one) and expires
-    /// mailbox records in the background.
+    /// Starts the service. With a network it replicates (serves `kith/store/1`, announces and
+    /// follows its logs and mirrors), serves files (`kith/file/1`) and mailboxes
+    /// (`kith/mailbox/1`); in any case it expires mailbox records in the background.
     pub async fn start(
         store: Arc<Store>,
         keys: Arc<dyn NodeKeys>,
         network: Option<Arc<dyn Network>>,
         config: StoreConfig,
     ) -> Result<Arc<Self>, StoreError> {
+        let replicator = match &network {
+            Some(network) => {
+                let config = ReplicatorConfig {
+                    total_quota_bytes: config.mirror_quota,
+                    ..ReplicatorConfig::default()
+                };
+                let replicator = Replicator::new(store.clone(), network.clone(), config);
+                replicator.start().await?;
+                Some(replicator)
+            }
+            None => None,
+        };
         let service = Arc::new(StoreService {
             store,
             keys,
@@ -91,10 +115,17 @@ impl StoreService {
             config,
             signers: Default::default(),
             mailbox_owner: OnceCell::new(),
+            replicator,
             tasks: Mutex::default(),
         });
         let mut tasks = Vec::new();
         if let Some(network) = &service.network {
+            let incoming = network.listen(files::ALPN).await?;
+            tasks.push(tokio::spawn(serve_files(
+                service.store.clone(),
+                incoming,
+                service.config.max_incoming,
+            )));
             let incoming = network.listen(MAILBOX_ALPN).await?;
             tasks.push(tokio::spawn(serve_mailboxes(
                 service.store.clone(),
@@ -123,10 +154,35 @@ impl StoreService {
 
     /// Stops serving and closes the database.
     pub async fn shutdown(&self) {
+        if let Some(replicator) = &self.replicator {
+            replicator.shutdown().await;
+        }
         for task in self.tasks.lock().unwrap().drain(..) {
             task.abort();
         }
         self.store.close().await;
+    }
+
+    /// The replicator, when the service has a network.
+    pub fn replicator(&self) -> Option<&Arc<Replicator>> {
+        self.replicator.as_ref()
+    }
+
+    fn replicator_for(&self, what: &str) -> Result<&Arc<Replicator>> {
+        self.replicator.as_ref().ok_or_else(|| {
+            ApiError::FailedPrecondition(format!(
+                "{what} needs the transport; this store runs without one"
+            ))
+        })
+    }
+
+    /// Announces that this node holds a file (best effort).
+    async fn announce_file(&self, id: &FileId) {
+        if let Some(network) = &self.network
+            && let Err(error) = network.announce(file_topic(id)).await
+        {
+            tracing::debug!(file = %id, %error, "announcing a file failed");
+        }
     }
 
     /// The signer of this node's writer log `name`.
@@ -183,6 +239,25 @@ async fn serve_mailboxes(
                     tracing::debug!(peer = %hex::encode(peer), %error, "mailbox request failed")
                 }
                 Err(_) => tracing::debug!(peer = %hex::encode(peer), "mailbox request timed out"),
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves file requests from peers, a bounded number at once.
+async fn serve_files(store: Arc<Store>, mut incoming: crate::net::Incoming, max: usize) {
+    let slots = Arc::new(Semaphore::new(max));
+    while let Some(channel) = incoming.recv().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(peer = %hex::encode(channel.peer), "file request dropped: too many at once");
+            continue;
+        };
+        let store = store.clone();
+        tokio::spawn(async move {
+            let peer = channel.peer;
+            if let Err(error) = files::serve(&store, channel).await {
+                tracing::debug!(peer = %hex::encode(peer), %error, "serving a file failed");
             }
             drop(permit);
         });
@@ -311,6 +386,197 @@ impl StoreApi for StoreService {
 
     async fn mailbox_key(&self) -> Result<MailboxKey> {
         Ok(MailboxKey::of(self.mailbox_owner().await?))
+    }
+
+    async fn sync_log(&self, key: LogKey, peer: Option<PeerId>) -> Result<SyncReport> {
+        let replicator = self.replicator_for("syncing a log")?;
+        match peer {
+            None => Ok(replicator.sync_log(key).await?),
+            Some(peer) => {
+                let network = self.network_for("syncing a log")?;
+                self.store.create_log(&key).await?;
+                let channel = network.open(peer, replicate::ALPN).await?;
+                let session = replicator.replicate(channel, &[key], false).await?;
+                Ok(SyncReport {
+                    peers_found: 1,
+                    peers_synced: 1,
+                    entries_received: session.entries_received,
+                    length: self.store.log_info(&key).await?.length,
+                })
+            }
+        }
+    }
+
+    async fn add_mirror(&self, key: LogKey, policy: MirrorPolicy) -> Result<MirrorInfo> {
+        Ok(self
+            .replicator_for("mirroring")?
+            .add_mirror(key, policy)
+            .await?)
+    }
+
+    async fn remove_mirror(&self, key: LogKey) -> Result<bool> {
+        Ok(self
+            .replicator_for("mirroring")?
+            .remove_mirror(&key)
+            .await?)
+    }
+
+    async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>> {
+        match &self.replicator {
+            Some(replicator) => Ok(replicator.list_mirrors().await?),
+            // Without a network nothing is mirrored now; the mirrors kept are still listed.
+            None => Ok(self
+                .store
+                .mirrors()
+                .await?
+                .into_iter()
+                .map(|m| MirrorInfo {
+                    key: m.key,
+                    policy: MirrorPolicy {
+                        quota_bytes: m.quota_bytes,
+                        priority: m.priority,
+                    },
+                    length: 0,
+                    held_entries: 0,
+                    bytes_held: 0,
+                    evicted_below: m.evicted_below,
+                    peers_seen: 0,
+                    last_sync_ms: None,
+                    forked: false,
+                })
+                .collect()),
+        }
+    }
+
+    async fn put_file(&self, ciphertext: DataStream) -> Result<FileInfo> {
+        let stream =
+            ciphertext.map(|piece| piece.map_err(|e| std::io::Error::other(e.to_string())));
+        let reader = tokio_util::io::StreamReader::new(stream);
+        let info = self.store.import_file(reader).await?;
+        self.announce_file(&info.id).await;
+        Ok(info)
+    }
+
+    async fn read_file(&self, id: FileId, start: u64, end: Option<u64>) -> Result<DataStream> {
+        let info = self.store.file_info(&id).await?;
+        let end = end.unwrap_or(info.size).min(info.size);
+        if start > end {
+            return Err(ApiError::InvalidArgument(format!(
+                "range {start}..{end} of a file of {} bytes",
+                info.size
+            )));
+        }
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut block = start / BLOCK_BYTES;
+            let last = end.div_ceil(BLOCK_BYTES);
+            while block < last {
+                let to = (block + files::store::BATCH_BLOCKS).min(last);
+                let blocks = match store.read_file_blocks(&id, block..to).await {
+                    Ok(blocks) => blocks,
+                    Err(error) => {
+                        let _ = tx.send(Err(ApiError::from(error))).await;
+                        return;
+                    }
+                };
+                for (i, data) in (block..to).zip(blocks) {
+                    let at = i * BLOCK_BYTES;
+                    let from = start.saturating_sub(at) as usize;
+                    let upto = ((end - at) as usize).min(data.len());
+                    if from < upto
+                        && tx
+                            .send(Ok(Bytes::copy_from_slice(&data[from..upto])))
+                            .await
+                            .is_err()
+                    {
+                        return;
+                    }
+                }
+                block = to;
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_file(
+        &self,
+        id: FileId,
+        peer: Option<PeerId>,
+        blocks: Range<u64>,
+    ) -> Result<FetchStream> {
+        let network = self.network_for("fetching a file")?.clone();
+        let peers = match peer {
+            Some(peer) => vec![peer],
+            None => {
+                let peers = network.lookup(file_topic(&id)).await?;
+                if peers.is_empty() {
+                    return Err(ApiError::NotFound(format!(
+                        "no peer is known to hold file {id} (give one with --from)"
+                    )));
+                }
+                peers
+            }
+        };
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<FetchUpdate>>(64);
+        tokio::spawn(async move {
+            let mut last_error = None;
+            for peer in peers {
+                let progress_tx = tx.clone();
+                let progress = move |progress: FetchProgress| {
+                    // Updates a slow reader has not taken yet are dropped; the last one is not.
+                    let _ = progress_tx.try_send(Ok(FetchUpdate {
+                        progress,
+                        done: None,
+                    }));
+                };
+                match files::fetch(&store, network.as_ref(), peer, id, blocks.clone(), progress)
+                    .await
+                {
+                    Ok(report) if report.complete() => {
+                        if let Err(error) = network.announce(file_topic(&id)).await {
+                            tracing::debug!(file = %id, %error, "announcing a file failed");
+                        }
+                        let progress = FetchProgress {
+                            file_size: report.info.size,
+                            total: report.info.size,
+                            held: report.info.held_bytes,
+                            received: report.bytes_received,
+                        };
+                        let _ = tx
+                            .send(Ok(FetchUpdate {
+                                progress,
+                                done: Some(report.info),
+                            }))
+                            .await;
+                        return;
+                    }
+                    Ok(report) => {
+                        last_error = Some(ApiError::NotFound(format!(
+                            "peer {} holds only part of file {id}",
+                            hex::encode(peer)
+                        )));
+                        tracing::debug!(file = %id, missing = report.missing.count(), "partial fetch");
+                    }
+                    Err(error) => {
+                        tracing::debug!(file = %id, peer = %hex::encode(peer), %error, "fetch failed");
+                        last_error = Some(error.into());
+                    }
+                }
+            }
+            let error = last_error.unwrap_or_else(|| ApiError::NotFound(format!("file {id}")));
+            let _ = tx.send(Err(error)).await;
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn get_file(&self, id: FileId) -> Result<FileInfo> {
+        Ok(self.store.file_info(&id).await?)
+    }
+
+    async fn list_files(&self) -> Result<Vec<FileInfo>> {
+        Ok(self.store.list_files().await?)
     }
 }
 
