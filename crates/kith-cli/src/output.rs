@@ -3,17 +3,16 @@
 use serde_json::Value;
 
 /// Prints `value` as JSON, or `text` (already formatted) for people.
+/// A closed stdout (`kith … | head`) is not an error: the rest of the output is dropped.
 pub fn emit(json: bool, value: Value, text: impl FnOnce() -> String) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&value).expect("json value serialises")
-        );
+    use std::io::Write as _;
+    let out = if json {
+        serde_json::to_string_pretty(&value).expect("json value serialises")
     } else {
-        let text = text();
-        if !text.is_empty() {
-            println!("{text}");
-        }
+        text()
+    };
+    if !out.is_empty() {
+        let _ = writeln!(std::io::stdout(), "{out}");
     }
 }
 

@@ -119,7 +119,30 @@ impl TransportService {
         }
         let conn = match hints {
             Some(addrs) => self.node.connect(peer, addrs, alpn).await?,
-            None => self.node.connect_by_id(peer, alpn).await?,
+            None => {
+                // A peer this node already has a direct path to (a connection on another
+                // protocol, a punched path) is dialled there first, before any lookup.
+                let direct = self
+                    .node
+                    .paths()
+                    .into_iter()
+                    .find(|p| p.peer == peer)
+                    .and_then(|p| p.direct);
+                let known = match direct {
+                    Some(addr) => {
+                        let addrs = PeerAddrs {
+                            addrs: vec![addr],
+                            relay: None,
+                        };
+                        self.node.connect(peer, addrs, alpn).await.ok()
+                    }
+                    None => None,
+                };
+                match known {
+                    Some(conn) => conn,
+                    None => self.node.connect_by_id(peer, alpn).await?,
+                }
+            }
         };
         let mut connections = lock(&self.connections);
         connections.retain(|_, c| c.close_reason().is_none());
