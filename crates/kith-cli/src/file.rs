@@ -43,6 +43,14 @@ pub enum FileCommand {
         #[arg(long = "from")]
         from: Option<String>,
     },
+    /// Fetch a file's ciphertext by its id alone (no key: a mirror hosting it for others),
+    /// verified block by block; it is then served to peers and announced.
+    Fetch {
+        /// The file's id (64 hex).
+        id: String,
+        #[arg(long = "from")]
+        from: Option<String>,
+    },
     /// The files this store holds (ciphertext; whole or in part).
     List,
 }
@@ -55,6 +63,16 @@ pub async fn run(ctx: &Ctx, args: FileArgs) -> anyhow::Result<()> {
             output,
             from,
         } => get(ctx, &args.url, &ticket, output, from).await,
+        FileCommand::Fetch { id, from } => {
+            let id: kith_store::files::FileId = id.parse()?;
+            let from = from.map(|p| crate::store::parse_peer(&p)).transpose()?;
+            let store = crate::store_service::client(ctx, &args.url).await?;
+            let info = fetch(ctx, &store, id, from, None).await?;
+            emit(ctx.json, json!(info), || {
+                format!("{}  {} bytes held", info.id, info.held_bytes)
+            });
+            Ok(())
+        }
         FileCommand::List => {
             let store = crate::store_service::client(ctx, &args.url).await?;
             let files = store.list_files().await?;
@@ -152,6 +170,32 @@ async fn put(ctx: &Ctx, url: &StoreUrl, path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Has the store fetch a whole file, with a progress bar; the file as held afterwards.
+async fn fetch(
+    ctx: &Ctx,
+    store: &kith_store::StoreClient,
+    id: kith_store::files::FileId,
+    from: Option<[u8; 32]>,
+    size: Option<u64>,
+) -> anyhow::Result<kith_store::files::FileInfo> {
+    let mut updates = store.fetch_file(id, from, 0..u64::MAX).await?;
+    let mut progress: Option<Progress> = size.map(|s| Progress::new("fetch", s, ctx.json));
+    let mut done = None;
+    while let Some(update) = updates.next().await {
+        let update = update?;
+        let bar =
+            progress.get_or_insert_with(|| Progress::new("fetch", update.progress.total, ctx.json));
+        bar.set(update.progress.held);
+        if let Some(info) = update.done {
+            done = Some(info);
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish();
+    }
+    done.context("the fetch ended without the whole file")
+}
+
 async fn get(
     ctx: &Ctx,
     url: &StoreUrl,
@@ -171,18 +215,7 @@ async fn get(
         Err(e) => return Err(e.into()),
     };
     if !held {
-        let mut updates = store.fetch_file(ticket.id, from, 0..u64::MAX).await?;
-        let mut progress = Progress::new("fetch", ticket.ciphertext_size(), ctx.json);
-        let mut done = None;
-        while let Some(update) = updates.next().await {
-            let update = update?;
-            progress.set(update.progress.held);
-            if let Some(info) = update.done {
-                done = Some(info);
-            }
-        }
-        progress.finish();
-        let info = done.context("the fetch ended without the whole file")?;
+        let info = fetch(ctx, &store, ticket.id, from, Some(ticket.ciphertext_size())).await?;
         if info.size != ticket.ciphertext_size() {
             anyhow::bail!(
                 "the file holds {} bytes of ciphertext, the ticket says {}",
