@@ -1129,3 +1129,41 @@ async fn ranges_are_proven_against_an_older_advertised_root_and_a_moved_root_is_
         );
     }
 }
+
+#[tokio::test]
+async fn sessions_are_symmetric_a_writer_pushes_by_opening_one_to_its_mirror() {
+    for dbs in dbs(2).await {
+        let hub = MemoryNetwork::new([0; 32]);
+        let writer = Node::new(&dbs[0], &hub, 1, config()).await;
+        let mirror = Node::new(&dbs[1], &hub, 2, config()).await;
+        let signer = Ed25519Signer::from_seed([16; 32]);
+        let key = signer.log_key();
+        append(&writer.store, &signer, 16, 0, 2500).await;
+        mirror
+            .repl
+            .add_mirror(key, MirrorPolicy::default())
+            .await
+            .unwrap();
+        // The writer opens the session; the mirror (the side that accepted) pulls, and the
+        // one-shot session ends once it has everything.
+        let (w, m) = pipe(writer.peer, mirror.peer, None);
+        let keys = [key];
+        let (w, m) = tokio::join!(
+            writer.repl.replicate(w, &keys, false),
+            mirror.repl.handle(m)
+        );
+        let (w, m) = (w.unwrap(), m.unwrap());
+        assert_eq!(
+            (w.entries_sent, m.entries_received),
+            (2500, 2500),
+            "{}",
+            dbs[0].name
+        );
+        assert_eq!(w.entries_received, 0);
+        assert_eq!(
+            mirror.store.verify_log(&key).await.unwrap().held_entries,
+            2500
+        );
+        same_entries(&writer.store, &mirror.store, &key).await;
+    }
+}

@@ -153,7 +153,8 @@ struct Shared {
 }
 
 enum Incoming {
-    Msg(Box<Message>),
+    /// A message and its sequence number (the order it was read in).
+    Msg(u64, Box<Message>),
     /// The peer's `Done`, with its sequence number.
     Done(u64),
     End,
@@ -233,6 +234,7 @@ pub(crate) async fn run(
         next_id: 0,
         done_sent: false,
         peer_done: 0,
+        last_answer: 0,
         report: SessionReport {
             peer,
             ..SessionReport::default()
@@ -259,8 +261,11 @@ pub(crate) async fn run(
             }
             tokio::select! {
                 msg = ctl_rx.recv() => match msg {
-                    Some(Incoming::Msg(m)) => {
+                    Some(Incoming::Msg(seq, m)) => {
                         session.last_progress = Instant::now();
+                        if matches!(*m, Message::Open { .. } | Message::Unavailable { .. } | Message::Have { .. }) {
+                            session.last_answer = seq;
+                        }
                         session.handle(*m).await?;
                     }
                     Some(Incoming::Done(seq)) => session.peer_done = seq,
@@ -272,7 +277,13 @@ pub(crate) async fn run(
                     }
                 },
                 update = updates.recv() => session.on_update(update, &mut updates).await?,
-                _ = tick.tick() => session.check_timeout()?,
+                _ = tick.tick() => {
+                    if session.check_timeout(initiator && !live)? {
+                        // Settled, and the peer has been silent for the whole timeout without
+                        // its `Done`: we have what we came for.
+                        return Ok(());
+                    }
+                }
                 _ = stop.changed() => return Ok(()),
             }
         }
@@ -381,7 +392,7 @@ async fn read_loop(
                 }
             }
             other => {
-                if ctl.send(Incoming::Msg(Box::new(other))).await.is_err() {
+                if ctl.send(Incoming::Msg(seq, Box::new(other))).await.is_err() {
                     return;
                 }
             }
@@ -463,6 +474,8 @@ struct Session {
     done_sent: bool,
     /// The sequence number of the peer's last `Done` (0: none yet).
     peer_done: u64,
+    /// The sequence number of the peer's last `Open`, `Unavailable` or `Have`.
+    last_answer: u64,
     report: SessionReport,
     last_progress: Instant,
 }
@@ -608,7 +621,9 @@ impl Session {
             return Err(protocol("too many logs opened".into()));
         }
         let Some(key) = self.inner.find(&discovery).await? else {
-            // Not a log we hold: say so, and learn nothing more.
+            // Not a log we hold: say so, and learn nothing more. (It hears from us again once
+            // we are settled.)
+            self.done_sent = false;
             return self.send(Message::Unavailable { discovery }).await;
         };
         if cap != capability(&key, &self.nonce) {
@@ -655,6 +670,8 @@ impl Session {
     }
 
     async fn advertise(&mut self, discovery: Discovery) -> Result<(), StoreError> {
+        // The peer learns something new: it hears from us again once we are settled.
+        self.done_sent = false;
         let chan = self.chans.get_mut(&discovery).expect("advertised log");
         chan.advertised = chan.local_length();
         let msg = Message::Have {
@@ -963,25 +980,30 @@ impl Session {
 
     /// An initiator that is not following: both sides have what they wanted.
     fn finished(&self) -> bool {
-        // The peer's last `Done` came after its last request, and we answered everything.
+        // The peer's last `Done` came after its last request and after its last word about the
+        // logs (so it had seen ours and wanted nothing more), and we answered everything.
         self.settled()
             && self.peer_done > self.shared.last_request.load(Ordering::SeqCst)
+            && self.peer_done > self.last_answer
             && self.shared.pending_peer_requests.load(Ordering::SeqCst) == 0
     }
 
-    /// A peer that stops answering what we wait for is given up on.
-    fn check_timeout(&self) -> Result<(), StoreError> {
+    /// A peer that stops answering what we wait for is given up on. `Ok(true)`: a one-shot
+    /// session is settled and the peer silent for the whole timeout (it owes us only its
+    /// `Done`): end it as done.
+    fn check_timeout(&self, one_shot: bool) -> Result<bool, StoreError> {
         let waiting = !self.requests.is_empty()
             || self
                 .chans
                 .values()
                 .any(|c| c.we_opened && !c.they_opened && !c.unavailable);
-        if waiting && self.last_progress.elapsed() > self.inner.config.timeout {
+        let silent = self.last_progress.elapsed() > self.inner.config.timeout;
+        if waiting && silent {
             return Err(StoreError::Network(format!(
                 "peer sent nothing for {:?}",
                 self.inner.config.timeout
             )));
         }
-        Ok(())
+        Ok(one_shot && silent && self.settled())
     }
 }
