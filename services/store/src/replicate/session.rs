@@ -146,7 +146,8 @@ impl Chan {
 #[derive(Default)]
 struct Shared {
     entries_sent: AtomicU64,
-    /// Requests read from the peer and not yet answered.
+    /// Requests read from the peer whose answers are not yet written to the stream: what the
+    /// peer may have outstanding, and so what its answers may hold in memory, is bounded by it.
     pending_peer_requests: AtomicUsize,
     /// The sequence number (order read) of the peer's last request.
     last_request: AtomicU64,
@@ -170,8 +171,9 @@ pub(crate) async fn run(
     let PeerChannel { peer, send, recv } = channel;
     let peer_hex = hex::encode(&peer[..8]);
 
+    let shared = Arc::new(Shared::default());
     let (out_tx, out_rx) = mpsc::channel::<Message>(256);
-    let writer = tokio::spawn(write_loop(send, out_rx));
+    let writer = tokio::spawn(write_loop(send, out_rx, shared.clone()));
     let mut nonce = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let closed = || StoreError::Network("session writer stopped".into());
@@ -208,7 +210,6 @@ pub(crate) async fn run(
         Ok(Err(e)) => return Err(e),
     };
 
-    let shared = Arc::new(Shared::default());
     let served: Arc<Mutex<HashMap<Discovery, LogKey>>> = Arc::default();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(8);
     let (req_tx, req_rx) = mpsc::channel::<Message>(MAX_PEER_REQUESTS);
@@ -332,10 +333,14 @@ pub(crate) async fn run(
 async fn write_loop(
     send: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
 ) -> Result<(), StoreError> {
     let mut send = BufWriter::with_capacity(256 * 1024, send);
     while let Some(msg) = rx.recv().await {
         wire::write_message(&mut send, &msg).await?;
+        if matches!(msg, Message::Data { .. } | Message::NoData { .. }) {
+            shared.pending_peer_requests.fetch_sub(1, Ordering::SeqCst);
+        }
         // Flush only when nothing else is queued: small messages share writes.
         if rx.is_empty() {
             send.flush()
@@ -375,8 +380,8 @@ async fn read_loop(
         match msg {
             Message::Request { .. } => {
                 shared.last_request.store(seq, Ordering::SeqCst);
-                shared.pending_peer_requests.fetch_add(1, Ordering::SeqCst);
-                if requests.try_send(msg).is_err() {
+                let outstanding = shared.pending_peer_requests.fetch_add(1, Ordering::SeqCst) + 1;
+                if outstanding > MAX_PEER_REQUESTS || requests.try_send(msg).is_err() {
                     let _ = ctl
                         .send(Incoming::Failed(StoreError::Protocol(format!(
                             "more than {MAX_PEER_REQUESTS} requests in flight"
@@ -455,7 +460,6 @@ async fn serve_loop(
         if out.send(reply).await.is_err() {
             return Ok(());
         }
-        shared.pending_peer_requests.fetch_sub(1, Ordering::SeqCst);
     }
     Ok(())
 }
