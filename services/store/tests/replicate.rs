@@ -1129,3 +1129,109 @@ async fn ranges_are_proven_against_an_older_advertised_root_and_a_moved_root_is_
         );
     }
 }
+
+#[tokio::test]
+async fn sessions_are_symmetric_a_writer_pushes_by_opening_one_to_its_mirror() {
+    for dbs in dbs(2).await {
+        let hub = MemoryNetwork::new([0; 32]);
+        let writer = Node::new(&dbs[0], &hub, 1, config()).await;
+        let mirror = Node::new(&dbs[1], &hub, 2, config()).await;
+        let signer = Ed25519Signer::from_seed([16; 32]);
+        let key = signer.log_key();
+        append(&writer.store, &signer, 16, 0, 2500).await;
+        mirror
+            .repl
+            .add_mirror(key, MirrorPolicy::default())
+            .await
+            .unwrap();
+        // The writer opens the session; the mirror (the side that accepted) pulls, and the
+        // one-shot session ends once it has everything.
+        let (w, m) = pipe(writer.peer, mirror.peer, None);
+        let keys = [key];
+        let (w, m) = tokio::join!(
+            writer.repl.replicate(w, &keys, false),
+            mirror.repl.handle(m)
+        );
+        let (w, m) = (w.unwrap(), m.unwrap());
+        assert_eq!(
+            (w.entries_sent, m.entries_received),
+            (2500, 2500),
+            "{}",
+            dbs[0].name
+        );
+        assert_eq!(w.entries_received, 0);
+        assert_eq!(
+            mirror.store.verify_log(&key).await.unwrap().held_entries,
+            2500
+        );
+        same_entries(&writer.store, &mirror.store, &key).await;
+    }
+}
+
+#[tokio::test]
+async fn a_peer_with_too_many_requests_outstanding_is_cut_off() {
+    let db = common::sqlite();
+    let hub = MemoryNetwork::new([0; 32]);
+    let server = Node::new(&db, &hub, 1, config()).await;
+    let signer = Ed25519Signer::from_seed([17; 32]);
+    let key = signer.log_key();
+    append(&server.store, &signer, 17, 0, 2048).await;
+    let root = server.store.root(&key).await.unwrap().unwrap();
+
+    let (ours, theirs) = pipe([2; 32], server.peer, None);
+    let serving = tokio::spawn({
+        let repl = server.repl.clone();
+        async move { repl.handle(theirs).await }
+    });
+    let PeerChannel { mut send, recv, .. } = ours;
+    let mut recv = BufReader::new(recv);
+    let mut buf = Vec::new();
+    let Some(Message::Hello { nonce, .. }) = wire::read_message(&mut recv, &mut buf).await.unwrap()
+    else {
+        panic!("no hello");
+    };
+    let discovery = discovery_id(&key);
+    let mut out = Message::Hello {
+        version: wire::VERSION,
+        nonce: [3; 32],
+    }
+    .encode();
+    out.extend(
+        Message::Open {
+            discovery,
+            capability: capability(&key, &nonce),
+        }
+        .encode(),
+    );
+    send.write_all(&out).await.unwrap();
+    // Its Open and Have (and maybe a Done) come back; then we ask for 1 MiB replies without
+    // ever reading them.
+    loop {
+        match wire::read_message(&mut recv, &mut buf).await.unwrap() {
+            Some(Message::Have { .. }) => break,
+            Some(_) => continue,
+            None => panic!("closed early"),
+        }
+    }
+    let mut flood = Vec::new();
+    for id in 0..40u32 {
+        flood.extend(
+            Message::Request {
+                discovery,
+                id,
+                length: root.length(),
+                start: 0,
+                end: 1024,
+                upgrade_from: None,
+            }
+            .encode(),
+        );
+    }
+    send.write_all(&flood).await.unwrap();
+    let result = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+    assert!(
+        matches!(&result, Err(StoreError::Protocol(m)) if m.contains("requests in flight")),
+        "{result:?}"
+    );
+    assert_eq!(server.repl.stats().protocol_errors, 1);
+}

@@ -146,14 +146,16 @@ impl Chan {
 #[derive(Default)]
 struct Shared {
     entries_sent: AtomicU64,
-    /// Requests read from the peer and not yet answered.
+    /// Requests read from the peer whose answers are not yet written to the stream: what the
+    /// peer may have outstanding, and so what its answers may hold in memory, is bounded by it.
     pending_peer_requests: AtomicUsize,
     /// The sequence number (order read) of the peer's last request.
     last_request: AtomicU64,
 }
 
 enum Incoming {
-    Msg(Box<Message>),
+    /// A message and its sequence number (the order it was read in).
+    Msg(u64, Box<Message>),
     /// The peer's `Done`, with its sequence number.
     Done(u64),
     End,
@@ -169,8 +171,9 @@ pub(crate) async fn run(
     let PeerChannel { peer, send, recv } = channel;
     let peer_hex = hex::encode(&peer[..8]);
 
+    let shared = Arc::new(Shared::default());
     let (out_tx, out_rx) = mpsc::channel::<Message>(256);
-    let writer = tokio::spawn(write_loop(send, out_rx));
+    let writer = tokio::spawn(write_loop(send, out_rx, shared.clone()));
     let mut nonce = [0u8; 32];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let closed = || StoreError::Network("session writer stopped".into());
@@ -207,7 +210,6 @@ pub(crate) async fn run(
         Ok(Err(e)) => return Err(e),
     };
 
-    let shared = Arc::new(Shared::default());
     let served: Arc<Mutex<HashMap<Discovery, LogKey>>> = Arc::default();
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Incoming>(8);
     let (req_tx, req_rx) = mpsc::channel::<Message>(MAX_PEER_REQUESTS);
@@ -233,6 +235,7 @@ pub(crate) async fn run(
         next_id: 0,
         done_sent: false,
         peer_done: 0,
+        last_answer: 0,
         report: SessionReport {
             peer,
             ..SessionReport::default()
@@ -259,8 +262,11 @@ pub(crate) async fn run(
             }
             tokio::select! {
                 msg = ctl_rx.recv() => match msg {
-                    Some(Incoming::Msg(m)) => {
+                    Some(Incoming::Msg(seq, m)) => {
                         session.last_progress = Instant::now();
+                        if matches!(*m, Message::Open { .. } | Message::Unavailable { .. } | Message::Have { .. }) {
+                            session.last_answer = seq;
+                        }
                         session.handle(*m).await?;
                     }
                     Some(Incoming::Done(seq)) => session.peer_done = seq,
@@ -272,7 +278,13 @@ pub(crate) async fn run(
                     }
                 },
                 update = updates.recv() => session.on_update(update, &mut updates).await?,
-                _ = tick.tick() => session.check_timeout()?,
+                _ = tick.tick() => {
+                    if session.check_timeout(initiator && !live)? {
+                        // Settled, and the peer has been silent for the whole timeout without
+                        // its `Done`: we have what we came for.
+                        return Ok(());
+                    }
+                }
                 _ = stop.changed() => return Ok(()),
             }
         }
@@ -321,10 +333,14 @@ pub(crate) async fn run(
 async fn write_loop(
     send: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
     mut rx: mpsc::Receiver<Message>,
+    shared: Arc<Shared>,
 ) -> Result<(), StoreError> {
     let mut send = BufWriter::with_capacity(256 * 1024, send);
     while let Some(msg) = rx.recv().await {
         wire::write_message(&mut send, &msg).await?;
+        if matches!(msg, Message::Data { .. } | Message::NoData { .. }) {
+            shared.pending_peer_requests.fetch_sub(1, Ordering::SeqCst);
+        }
         // Flush only when nothing else is queued: small messages share writes.
         if rx.is_empty() {
             send.flush()
@@ -364,8 +380,8 @@ async fn read_loop(
         match msg {
             Message::Request { .. } => {
                 shared.last_request.store(seq, Ordering::SeqCst);
-                shared.pending_peer_requests.fetch_add(1, Ordering::SeqCst);
-                if requests.try_send(msg).is_err() {
+                let outstanding = shared.pending_peer_requests.fetch_add(1, Ordering::SeqCst) + 1;
+                if outstanding > MAX_PEER_REQUESTS || requests.try_send(msg).is_err() {
                     let _ = ctl
                         .send(Incoming::Failed(StoreError::Protocol(format!(
                             "more than {MAX_PEER_REQUESTS} requests in flight"
@@ -381,7 +397,7 @@ async fn read_loop(
                 }
             }
             other => {
-                if ctl.send(Incoming::Msg(Box::new(other))).await.is_err() {
+                if ctl.send(Incoming::Msg(seq, Box::new(other))).await.is_err() {
                     return;
                 }
             }
@@ -444,7 +460,6 @@ async fn serve_loop(
         if out.send(reply).await.is_err() {
             return Ok(());
         }
-        shared.pending_peer_requests.fetch_sub(1, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -463,6 +478,8 @@ struct Session {
     done_sent: bool,
     /// The sequence number of the peer's last `Done` (0: none yet).
     peer_done: u64,
+    /// The sequence number of the peer's last `Open`, `Unavailable` or `Have`.
+    last_answer: u64,
     report: SessionReport,
     last_progress: Instant,
 }
@@ -608,7 +625,9 @@ impl Session {
             return Err(protocol("too many logs opened".into()));
         }
         let Some(key) = self.inner.find(&discovery).await? else {
-            // Not a log we hold: say so, and learn nothing more.
+            // Not a log we hold: say so, and learn nothing more. (It hears from us again once
+            // we are settled.)
+            self.done_sent = false;
             return self.send(Message::Unavailable { discovery }).await;
         };
         if cap != capability(&key, &self.nonce) {
@@ -655,6 +674,8 @@ impl Session {
     }
 
     async fn advertise(&mut self, discovery: Discovery) -> Result<(), StoreError> {
+        // The peer learns something new: it hears from us again once we are settled.
+        self.done_sent = false;
         let chan = self.chans.get_mut(&discovery).expect("advertised log");
         chan.advertised = chan.local_length();
         let msg = Message::Have {
@@ -963,25 +984,30 @@ impl Session {
 
     /// An initiator that is not following: both sides have what they wanted.
     fn finished(&self) -> bool {
-        // The peer's last `Done` came after its last request, and we answered everything.
+        // The peer's last `Done` came after its last request and after its last word about the
+        // logs (so it had seen ours and wanted nothing more), and we answered everything.
         self.settled()
             && self.peer_done > self.shared.last_request.load(Ordering::SeqCst)
+            && self.peer_done > self.last_answer
             && self.shared.pending_peer_requests.load(Ordering::SeqCst) == 0
     }
 
-    /// A peer that stops answering what we wait for is given up on.
-    fn check_timeout(&self) -> Result<(), StoreError> {
+    /// A peer that stops answering what we wait for is given up on. `Ok(true)`: a one-shot
+    /// session is settled and the peer silent for the whole timeout (it owes us only its
+    /// `Done`): end it as done.
+    fn check_timeout(&self, one_shot: bool) -> Result<bool, StoreError> {
         let waiting = !self.requests.is_empty()
             || self
                 .chans
                 .values()
                 .any(|c| c.we_opened && !c.they_opened && !c.unavailable);
-        if waiting && self.last_progress.elapsed() > self.inner.config.timeout {
+        let silent = self.last_progress.elapsed() > self.inner.config.timeout;
+        if waiting && silent {
             return Err(StoreError::Network(format!(
                 "peer sent nothing for {:?}",
                 self.inner.config.timeout
             )));
         }
-        Ok(())
+        Ok(one_shot && silent && self.settled())
     }
 }
