@@ -210,6 +210,19 @@ macro_rules! service_error {
     };
 }
 
+/// `error: source: source…` on one line: an error and its whole chain of causes, for a message
+/// that travels (a gRPC status, a log line).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        message.push_str(": ");
+        message.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    message
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub use client::{
     unary,
 };
 pub use endpoint::{Endpoint, EndpointParseError};
-pub use error::{ErrorCode, ServiceError};
+pub use error::{ErrorCode, ServiceError, error_chain};
 pub use home::Home;
 pub use metrics::Metrics;
 pub use server::{Listen, MAX_MESSAGE_BYTES, ServeError, ServerHandle, ServiceServer};

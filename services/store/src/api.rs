@@ -46,7 +46,7 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        let message = error_chain(&error);
+        let message = kith_service::error_chain(&error);
         match error {
             StoreError::InvalidKey(_)
             | StoreError::Malformed(_)
@@ -86,18 +86,6 @@ impl From<StoreError> for ApiError {
             }
         }
     }
-}
-
-/// `error: source: source…` on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
 }
 
 /// The longest writer-log name.

@@ -59,7 +59,7 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
 impl From<TransportError> for ApiError {
     fn from(error: TransportError) -> Self {
-        let message = error_chain(&error);
+        let message = kith_service::error_chain(&error);
         match error {
             TransportError::InvalidPeerId(_) | TransportError::InvalidAlpn => {
                 ApiError::InvalidArgument(message)
@@ -81,18 +81,6 @@ impl From<TransportError> for ApiError {
             TransportError::Dht(_) => ApiError::Internal(message),
         }
     }
-}
-
-/// `error: source: source…` on one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    message
 }
 
 /// Checks a protocol name: 1 to 255 bytes (TLS ALPN), printable ASCII.
