@@ -192,16 +192,13 @@ mod tests {
             (0, "nodes"),
             (0, "fork_evidence"),
             (1, "mirrors"),
+            (2, "files"),
+            (2, "file_blocks"),
             (3, "mailbox_records"),
         ] {
             let create = format!("CREATE TABLE {table} (");
-            assert!(SQLITE[m].sql.contains(&create));
-            assert!(POSTGRES[m].sql.contains(&create));
-        }
-        for table in ["files", "file_blocks"] {
-            let create = format!("CREATE TABLE {table} (");
-            assert!(SQLITE[1].sql.contains(&create));
-            assert!(POSTGRES[1].sql.contains(&create));
+            assert!(SQLITE[m].sql.contains(&create), "{table}");
+            assert!(POSTGRES[m].sql.contains(&create), "{table}");
         }
         assert_eq!(SQLITE.len(), POSTGRES.len());
         for (s, p) in SQLITE.iter().zip(POSTGRES) {
