@@ -18,6 +18,7 @@
 //! (`put`: plaintext bytes read; `fetch`: [`FetchProgress`]). A holder runs [`serve`] on every
 //! stream that arrives on [`ALPN`]; a mirror hosts a file by fetching it.
 
+pub(crate) mod blobs;
 pub mod crypto;
 pub mod hash;
 pub mod protocol;
