@@ -1,8 +1,11 @@
-//! Files in the store's database: a `files` row per file (its id, ciphertext size and outboard)
-//! and a `file_blocks` row per held 64 KiB block. A holder may hold any subset of a file's
+//! Files in the store: a `files` row per file (its id, ciphertext size and outboard) and a
+//! `file_blocks` row per held 64 KiB block, whose bytes are in the file's data file in the blob
+//! dir (see `files::blobs`; written and synced before the row is committed) or, for a store
+//! without a blob dir, in the row. A holder may hold any subset of a file's
 //! blocks (a mirror that fetched a range, an interrupted transfer); every stored block was
 //! verified against the outboard, and the outboard against the id, before it was written, and
-//! blocks are verified again when read, so a damaged database is reported, never served.
+//! blocks are verified again when read, so a damaged database or data file is reported, never
+//! served.
 //!
 //! An import hashes the ciphertext as it streams in, so its id is known only at the end: the
 //! blocks go under a provisional row (no id yet) in batches, and the row gets its id and outboard
