@@ -419,10 +419,10 @@ impl Store {
         };
         let mut store = Self::open_busy_retry(url).await?;
         if let Some(dir) = blob_dir {
-            store.blobs = Some(crate::files::blobs::blocking(move || {
-                crate::files::blobs::BlobDir::open(dir)
-            })
-            .await?);
+            store.blobs = Some(
+                crate::files::blobs::blocking(move || crate::files::blobs::BlobDir::open(dir))
+                    .await?,
+            );
         }
         Ok(store)
     }

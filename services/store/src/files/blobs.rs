@@ -90,7 +90,11 @@ impl BlobDir {
 
     /// Reads blocks `(index, length)` of row `row`'s data file, unverified. A missing or short
     /// data file is [`StoreError::Corrupt`] (the database says those blocks are held).
-    pub(crate) fn read(&self, row: i64, blocks: &[(u64, usize)]) -> Result<Vec<Vec<u8>>, StoreError> {
+    pub(crate) fn read(
+        &self,
+        row: i64,
+        blocks: &[(u64, usize)],
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
         let path = self.path(row);
         let file = match File::open(&path) {
             Ok(f) => f,

@@ -528,7 +528,9 @@ impl Store {
             let i = to_u64(i)?;
             if data.is_none() {
                 if i >= block_count(file.size) {
-                    return Err(StoreError::Corrupt(format!("block {i} of file row {row} is past its end")));
+                    return Err(StoreError::Corrupt(format!(
+                        "block {i} of file row {row} is past its end"
+                    )));
                 }
                 from_file.push((i, block_len(file.size, i)));
             }

@@ -21,9 +21,12 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn open(&self) -> Store {
-        Store::open_with_blob_dir(&self.url, self.blob_dir.as_ref().map(|d| d.path().join("blobs")))
-            .await
-            .unwrap_or_else(|e| panic!("open {} store at {}: {e:?}", self.name, self.url))
+        Store::open_with_blob_dir(
+            &self.url,
+            self.blob_dir.as_ref().map(|d| d.path().join("blobs")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("open {} store at {}: {e:?}", self.name, self.url))
     }
 }
 
