@@ -200,8 +200,8 @@ mod tests {
         }
         for table in ["files", "file_blocks"] {
             let create = format!("CREATE TABLE {table} (");
-            assert!(SQLITE[1].sql.contains(&create));
-            assert!(POSTGRES[1].sql.contains(&create));
+            assert!(SQLITE[2].sql.contains(&create));
+            assert!(POSTGRES[2].sql.contains(&create));
         }
         assert_eq!(SQLITE.len(), POSTGRES.len());
         for (s, p) in SQLITE.iter().zip(POSTGRES) {
