@@ -34,6 +34,15 @@ pub struct StoreUrl {
         value_name = "FILE"
     )]
     pub password_file: Option<PathBuf>,
+    /// Where file blocks are kept, as files (default: beside a SQLite database,
+    /// `<db>-blobs/`; for PostgreSQL `<home>/store/blobs`).
+    #[arg(
+        long = "blob-dir",
+        global = true,
+        env = "KITH_STORE_BLOB_DIR",
+        value_name = "DIR"
+    )]
+    pub blob_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -189,6 +198,25 @@ fn redact(url: &str) -> String {
 /// Opens `url`. With `must_exist`, a SQLite file that is not there is an error rather than a new
 /// empty database.
 pub(crate) async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
+    open_in(url, None, must_exist).await
+}
+
+/// The store the commands use: `--store` (default the home's SQLite database) with its blob
+/// dir (`--blob-dir`; for PostgreSQL the home's `store/blobs`).
+pub(crate) async fn open_store(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<Store> {
+    let url = url(ctx, arg)?;
+    let blob_dir = match (&arg.blob_dir, kind(&url)?) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, Kind::Postgres) => Some(
+            std::path::absolute(ctx.home.service_dir("store").join("blobs"))
+                .context("resolve the home directory")?,
+        ),
+        (None, Kind::Sqlite(_)) => None,
+    };
+    open_in(&url, blob_dir, false).await
+}
+
+async fn open_in(url: &str, blob_dir: Option<PathBuf>, must_exist: bool) -> anyhow::Result<Store> {
     match kind(url)? {
         Kind::Sqlite(path) if must_exist && !path.is_file() => {
             anyhow::bail!("no store database at {}", path.display());
@@ -204,7 +232,7 @@ pub(crate) async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
             conn.close().await.ok();
         }
     }
-    Store::open(url)
+    Store::open_with_blob_dir(url, blob_dir)
         .await
         .with_context(|| format!("open the store at {}", redact(url)))
 }
@@ -285,7 +313,7 @@ fn log_line(info: &LogInfo, held: &RangeSet) -> String {
 pub async fn run_store(ctx: &Ctx, args: StoreArgs) -> anyhow::Result<()> {
     match args.command {
         StoreCommand::Stats => {
-            let store = open(&url(ctx, &args.url)?, false).await?;
+            let store = open_store(ctx, &args.url).await?;
             let stats = store.stats().await?;
             store.close().await;
             emit(ctx.json, serde_json::to_value(&stats)?, || {
@@ -394,7 +422,7 @@ async fn run_log_db(ctx: &Ctx, store_url: &StoreUrl, command: LogCommand) -> any
         LogCommand::Verify { key } => key.as_deref().map(parse_key).transpose()?,
         _ => None,
     };
-    let store = open(&url(ctx, store_url)?, false).await?;
+    let store = open_store(ctx, store_url).await?;
     let result = run_log_on(ctx, &store, command, key).await;
     store.close().await;
     result

@@ -121,8 +121,7 @@ pub async fn start(
     options: &StoreOptions,
     serve: &ServeArgs,
 ) -> anyhow::Result<RunningStore> {
-    let url = crate::store::url(ctx, &options.url)?;
-    let store = Arc::new(crate::store::open(&url, false).await?);
+    let store = Arc::new(crate::store::open_store(ctx, &options.url).await?);
     let backend = store.backend();
     let network = match transport {
         Some(transport) => {
@@ -166,8 +165,7 @@ pub async fn client(ctx: &Ctx, url: &StoreUrl) -> anyhow::Result<kith_store::Sto
     if let Some(connection) = ctx.connection(kith_store::daemon::SERVICE)? {
         return Ok(kith_store::StoreClient::connect(connection));
     }
-    let url = crate::store::url(ctx, url)?;
-    let store = Arc::new(crate::store::open(&url, false).await?);
+    let store = Arc::new(crate::store::open_store(ctx, url).await?);
     let identity = ctx.identity().await?.api();
     let service = StoreService::start(
         store,

@@ -22,7 +22,8 @@
 //!   ChaCha20-Poly1305 ([`files::EncryptReader`], [`files::decrypt_block`]) and the
 //!   `kithfile1…` [`files::Ticket`]. The store's side: the id is the BLAKE3 hash of the
 //!   ciphertext, every 64 KiB block verifiable against the outboard ([`files::hash`]); files whole
-//!   or in part in the database ([`Store::import_file`], [`Store::read_file_blocks`], …); and
+//!   or in part, their blocks' bytes in data files in a blob dir and the rest in the database
+//!   ([`Store::open_with_blob_dir`], [`Store::import_file`], [`Store::read_file_blocks`], …); and
 //!   `kith/file/1` ([`files::serve`], [`files::fetch`]): verified on arrival, stored as it
 //!   streams, resumed from what is held.
 //! - [`net`]: what the store needs from the network ([`net::Network`]: open a stream to a peer

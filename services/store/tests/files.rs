@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use common::{TestDb, backends};
+use common::TestDb;
 use kith_store::files::crypto::{PLAIN_CHUNK_BYTES, ciphertext_size};
 use kith_store::files::{
     self, BLOCK_BYTES, EncryptReader, FileId, FileKey, Ticket, read_plaintext,
@@ -40,6 +40,16 @@ async fn put(store: &Store, plain: &[u8]) -> Ticket {
         key,
         size: plain.len() as u64,
     }
+}
+
+/// Every backend a file may be kept on: SQLite (data files in its default blob dir),
+/// PostgreSQL with a blob dir, and PostgreSQL without one (data in the database).
+async fn backends() -> Vec<TestDb> {
+    vec![
+        common::sqlite(),
+        common::postgres().await,
+        common::postgres_inline().await,
+    ]
 }
 
 fn plain_of(tickets: &[(Ticket, Vec<u8>)], k: usize) -> Vec<u8> {
@@ -143,10 +153,13 @@ fn tap(written: Arc<AtomicU64>, cut: Option<u64>, flip: Option<u64>) -> Wrap {
 
 /// A second and third database on the same backend as `db`.
 async fn more(db: &TestDb) -> (TestDb, TestDb) {
-    if db.name == "sqlite" {
-        (common::sqlite(), common::sqlite())
-    } else {
-        (common::postgres().await, common::postgres().await)
+    match db.name {
+        "sqlite" => (common::sqlite(), common::sqlite()),
+        "postgres" => (common::postgres().await, common::postgres().await),
+        _ => (
+            common::postgres_inline().await,
+            common::postgres_inline().await,
+        ),
     }
 }
 
@@ -503,6 +516,10 @@ async fn a_failed_import_keeps_nothing() {
         assert_eq!(store.file_stats().await.unwrap(), before, "{}", db.name);
         assert_eq!(store.list_files().await.unwrap().len(), 1);
         assert_eq!(store.file_info(&kept.id).await.unwrap().held_blocks, 2);
+        if store.blob_dir().is_some() {
+            // The failed import's data file (it wrote 5 MiB before failing) is gone.
+            assert_eq!(data_files(&store).len(), 1, "{}", db.name);
+        }
         // No block rows are left behind under a provisional file either.
         let store_url = db.url.clone();
         store.close().await;
@@ -738,8 +755,7 @@ async fn a_wrong_key_or_altered_ciphertext_fails_clearly() {
         ));
 
         // Ciphertext altered in the database: reads and serving refuse it.
-        let url = &db.url;
-        alter_block(url, 2).await;
+        alter_block(&db, 2).await;
         let err = read_plaintext(&store, &ticket, 0..u64::MAX, &mut Vec::new())
             .await
             .unwrap_err();
@@ -750,11 +766,13 @@ async fn a_wrong_key_or_altered_ciphertext_fails_clearly() {
     }
 }
 
-/// Flips a byte of block `idx` of the only file in the database at `url`.
-async fn alter_block(url: &str, idx: i64) {
+/// Flips a byte of block `idx` of the only file in `db`, in the database (a row holding the
+/// block's data, which reads prefer to the data file).
+async fn alter_block(db: &TestDb, idx: i64) {
+    let url = &db.url;
     let sql = "UPDATE file_blocks SET data = $1 WHERE idx = $2";
     let block = {
-        let store = Store::open(url).await.unwrap();
+        let store = db.open().await;
         let id = store.list_files().await.unwrap()[0].id;
         let mut b = store
             .read_file_blocks(&id, idx as u64..idx as u64 + 1)
@@ -806,14 +824,25 @@ async fn the_store_holds_only_ciphertext() {
         store.close().await;
         assert_eq!(stored.len() as u64, info.size);
         let mut haystacks = vec![stored];
+        let mut dirs = Vec::new();
         if db.name == "sqlite" {
-            // And the database's own files, WAL included.
+            // And the database's own files, WAL included, and its blob dir.
             let path = db.url.trim_start_matches("sqlite://");
-            let dir = std::path::Path::new(path).parent().unwrap();
-            for entry in std::fs::read_dir(dir).unwrap() {
-                haystacks.push(std::fs::read(entry.unwrap().path()).unwrap());
+            dirs.push(std::path::Path::new(path).parent().unwrap().to_owned());
+        }
+        if let Some(blobs) = &db.blob_dir {
+            dirs.push(blobs.path().to_owned());
+        }
+        let mut on_disk = 0;
+        for dir in dirs {
+            for file in files_under(&dir) {
+                let bytes = std::fs::read(file).unwrap();
+                on_disk += bytes.len();
+                haystacks.push(bytes);
             }
-            assert!(haystacks.iter().map(Vec::len).sum::<usize>() > plain.len());
+        }
+        if db.name != "postgres-inline" {
+            assert!(on_disk > plain.len(), "{}", db.name);
         }
         for hay in &haystacks {
             for at in (0..plain.len() - 32).step_by(50_000) {
@@ -829,5 +858,198 @@ async fn the_store_holds_only_ciphertext() {
                 "the key is stored"
             );
         }
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The data files in a store's blob dir.
+fn data_files(store: &Store) -> Vec<std::path::PathBuf> {
+    let dir = store.blob_dir().expect("a blob dir");
+    let mut out: Vec<_> = files_under(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "data"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The backends that keep file data in a blob dir.
+async fn blob_backends() -> Vec<TestDb> {
+    vec![common::sqlite(), common::postgres().await]
+}
+
+#[tokio::test]
+async fn sqlite_keeps_blocks_beside_the_database_and_postgres_only_if_asked() {
+    let db = common::sqlite();
+    let store = db.open().await;
+    let path = db.url.trim_start_matches("sqlite://");
+    assert_eq!(
+        store.blob_dir().unwrap(),
+        std::path::Path::new(&format!("{path}-blobs"))
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(store.blob_dir().unwrap())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let memory = Store::open("sqlite::memory:").await.unwrap();
+    assert!(memory.blob_dir().is_none());
+    let pg = common::postgres_inline().await;
+    assert!(pg.open().await.blob_dir().is_none());
+    assert!(common::postgres().await.open().await.blob_dir().is_some());
+}
+
+#[tokio::test]
+async fn a_data_file_altered_on_disk_is_corrupt_and_never_served() {
+    use std::os::unix::fs::FileExt;
+    for db in blob_backends().await {
+        let (db_b, _) = more(&db).await;
+        let a = Arc::new(db.open().await);
+        let b = db_b.open().await;
+        let plain = plaintext(20, 1 << 20);
+        let ticket = put(&a, &plain).await;
+        let data = data_files(&a);
+        assert_eq!(data.len(), 1, "{}", db.name);
+        assert_eq!(
+            std::fs::metadata(&data[0]).unwrap().len(),
+            ticket.ciphertext_size()
+        );
+        // One bit of block 2, on disk.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&data[0])
+            .unwrap();
+        let at = 2 * BLOCK_BYTES + 100;
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, at).unwrap();
+        file.write_all_at(&[byte[0] ^ 4], at).unwrap();
+        let err = a.read_file_blocks(&ticket.id, 0..4).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(why) if why.contains("block 2")),
+            "{}: {err:?}",
+            db.name
+        );
+        let err = read_plaintext(&a, &ticket, 0..u64::MAX, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert_eq!(a.read_file_blocks(&ticket.id, 0..2).await.unwrap().len(), 2);
+        // Serving refuses the batch with the bad block: a fetcher gets an error, and nothing of
+        // the damaged block.
+        let net = MemoryNetwork::new(peer(0));
+        serve_as(&net, 1, a.clone(), honest()).await;
+        let err = files::fetch(&b, &net, peer(1), ticket.id, 0..u64::MAX, |_| {})
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Protocol(why) if why.contains("does not match its hash")),
+            "{err:?}"
+        );
+        assert!(!b.file_held(&ticket.id).await.unwrap().contains(2));
+        // A data file cut short: the blocks past its end are corrupt too.
+        file.write_all_at(&byte, at).unwrap();
+        file.set_len(5 * BLOCK_BYTES + 7).unwrap();
+        let err = a.read_file_blocks(&ticket.id, 0..16).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(why) if why.contains("block 5")),
+            "{err:?}"
+        );
+        // And a data file gone.
+        std::fs::remove_file(&data[0]).unwrap();
+        let err = a.read_file_blocks(&ticket.id, 0..1).await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+    }
+}
+
+#[tokio::test]
+async fn deleting_a_file_removes_its_data_file() {
+    for db in blob_backends().await {
+        let store = db.open().await;
+        let kept = put(&store, &plaintext(21, 300_000)).await;
+        let gone = put(&store, &plaintext(22, 500_000)).await;
+        let before = data_files(&store);
+        assert_eq!(before.len(), 2, "{}", db.name);
+        assert!(store.delete_file(&gone.id).await.unwrap());
+        let after = data_files(&store);
+        assert_eq!(after.len(), 1);
+        assert!(before.contains(&after[0]));
+        assert_eq!(
+            get(&store, &kept, 0..u64::MAX).await,
+            plaintext(21, 300_000)
+        );
+        assert!(store.delete_file(&kept.id).await.unwrap());
+        assert!(data_files(&store).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn bytes_written_without_their_rows_are_not_held_and_a_refetch_works() {
+    use std::os::unix::fs::FileExt;
+    for db in blob_backends().await {
+        let (db_b, _) = more(&db).await;
+        let a = Arc::new(db.open().await);
+        let b = db_b.open().await;
+        let plain = plaintext(23, 2 << 20);
+        let ticket = put(&a, &plain).await;
+        let net = MemoryNetwork::new(peer(0));
+        serve_as(&net, 1, a.clone(), honest()).await;
+        files::fetch(&b, &net, peer(1), ticket.id, 0..3, |_| {})
+            .await
+            .unwrap();
+        let data = data_files(&b);
+        assert_eq!(data.len(), 1, "{}", db.name);
+        // A crash after the data file was written and synced, before the rows were committed:
+        // the right bytes of blocks 3..5, and garbage where block 6 would go.
+        let blocks = a.read_file_blocks(&ticket.id, 3..5).await.unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&data[0])
+            .unwrap();
+        for (k, block) in blocks.iter().enumerate() {
+            file.write_all_at(block, (3 + k as u64) * BLOCK_BYTES)
+                .unwrap();
+        }
+        file.write_all_at(&[0xAB; 1000], 6 * BLOCK_BYTES).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        b.close().await;
+        let b = db_b.open().await;
+        assert_eq!(
+            b.file_held(&ticket.id)
+                .await
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            vec![(0, 3)]
+        );
+        assert!(matches!(
+            b.read_file_blocks(&ticket.id, 3..4).await,
+            Err(StoreError::BlockNotHeld { index: 3 })
+        ));
+        let info = b.file_info(&ticket.id).await.unwrap();
+        assert_eq!(info.held_bytes, 3 * BLOCK_BYTES);
+        // They are fetched again (and overwritten), and everything reads.
+        let report = files::fetch(&b, &net, peer(1), ticket.id, 0..u64::MAX, |_| {})
+            .await
+            .unwrap();
+        assert!(report.complete());
+        assert_eq!(report.blocks_received, info.blocks - 3);
+        assert_eq!(get(&b, &ticket, 0..u64::MAX).await, plain);
+        every_held_block_verifies(&b, &ticket.id).await;
     }
 }

@@ -8,11 +8,13 @@ CREATE TABLE files (
     -- The outboard: each block's BLAKE3 chaining value, 32 bytes each (empty while importing).
     outboard BYTEA NOT NULL CHECK (octet_length(outboard) % 32 = 0)
 );
--- The blocks held, each verified against the outboard before it was stored.
+-- The blocks held, each verified against the outboard before it was stored. `data` is the
+-- block's ciphertext, or NULL when it is in the file's data file in the store's blob dir
+-- (`<blob dir>/<files.id>.data`, the block at idx × 65536), written and synced before the row.
 CREATE TABLE file_blocks (
     file_id BIGINT NOT NULL REFERENCES files (id),
     idx BIGINT NOT NULL CHECK (idx >= 0),
-    data BYTEA NOT NULL,
+    data BYTEA,
     PRIMARY KEY (file_id, idx)
 );
 -- Blocks are ciphertext: compressing them is wasted work.

@@ -224,6 +224,9 @@ pub struct Store {
     writers: Mutex<HashMap<LogKey, Arc<tokio::sync::Mutex<Option<WriterState>>>>>,
     /// What [`Store::subscribe`] hands out: one message per committed change to a log.
     updates: tokio::sync::broadcast::Sender<LogUpdate>,
+    /// Where file block data is kept (see [`Store::open_with_blob_dir`]); `None`: in the
+    /// database's `file_blocks.data`.
+    pub(crate) blobs: Option<crate::files::blobs::BlobDir>,
 }
 
 /// A committed change to a log, as [`Store::subscribe`] reports it: entries `[start, end)` were
@@ -365,6 +368,19 @@ fn tree_blob(entry: u64, nodes: impl Fn(u64) -> Option<Node>) -> Option<Vec<u8>>
     Some(out)
 }
 
+/// The blob dir [`Store::open`] uses for `url`: `<db path>-blobs` for a SQLite file (so two
+/// databases in one directory never share one), `None` for an in-memory SQLite database and for
+/// PostgreSQL (their block data stays in the database).
+pub fn default_blob_dir(url: &str) -> Result<Option<std::path::PathBuf>, StoreError> {
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let options = sqlite_connect_options(url)?;
+    let mut dir = options.get_filename().as_os_str().to_owned();
+    dir.push("-blobs");
+    Ok(Some(std::path::PathBuf::from(dir)))
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies migrations.
     ///
@@ -376,6 +392,47 @@ impl Store {
     /// `SQLITE_BUSY` at once (no busy wait) where two connections would otherwise deadlock.
     /// Such an open is retried, with backoff, for up to [`OPEN_BUSY_RETRY`].
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Self::open_with_blob_dir(url, None).await
+    }
+
+    /// [`Store::open`], keeping file block data (see [`crate::files`]) as files in `blob_dir`
+    /// (created, mode 0700, if missing): one sparse data file per file, the database keeping
+    /// which blocks are held.
+    ///
+    /// Without a blob dir: a SQLite file database uses [`default_blob_dir`] (`<db path>-blobs`,
+    /// beside it like SQLite's `-wal` and `-shm`); an in-memory SQLite database and a
+    /// PostgreSQL database keep block data in the database (`file_blocks.data`), as before —
+    /// correct but slower (a PostgreSQL server has no natural place for files of its own on
+    /// this machine, and a dir under the temp dir would not be durable).
+    ///
+    /// A blob dir belongs to one database: its data files are named by the database's file
+    /// rows. Blocks written to a blob dir are read from it, so reopen a store with the same
+    /// blob dir (reading them without it is [`StoreError::Corrupt`]); blocks kept in the
+    /// database are read from there whatever the blob dir.
+    pub async fn open_with_blob_dir(
+        url: &str,
+        blob_dir: Option<std::path::PathBuf>,
+    ) -> Result<Store, StoreError> {
+        let blob_dir = match blob_dir {
+            Some(dir) => Some(dir),
+            None => default_blob_dir(url)?,
+        };
+        let mut store = Self::open_busy_retry(url).await?;
+        if let Some(dir) = blob_dir {
+            store.blobs = Some(
+                crate::files::blobs::blocking(move || crate::files::blobs::BlobDir::open(dir))
+                    .await?,
+            );
+        }
+        Ok(store)
+    }
+
+    /// The blob dir in use, if block data is kept in files.
+    pub fn blob_dir(&self) -> Option<&std::path::Path> {
+        self.blobs.as_ref().map(|b| b.dir())
+    }
+
+    async fn open_busy_retry(url: &str) -> Result<Store, StoreError> {
         let started = std::time::Instant::now();
         let mut delay = Duration::from_millis(5);
         loop {
@@ -429,6 +486,7 @@ impl Store {
             db,
             writers: Mutex::new(HashMap::new()),
             updates: tokio::sync::broadcast::channel(UPDATE_CAPACITY).0,
+            blobs: None,
         })
     }
 

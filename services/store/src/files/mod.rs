@@ -1,5 +1,6 @@
 //! Large files: chunked, encrypted by the client with a per-file key, content-addressed by the
-//! BLAKE3 root of their ciphertext, stored (whole or in part) in the store's database, and moved
+//! BLAKE3 root of their ciphertext, stored (whole or in part: block data in a data file per file
+//! in the store's blob dir, the rest in its database), and moved
 //! between stores over `kith/file/1` with every 64 KiB block verified on arrival.
 //!
 //! - [`crypto`]: the client's side, sans IO: [`FileKey`], [`EncryptReader`] (plaintext stream →
@@ -7,7 +8,8 @@
 //!   The store never sees a key.
 //! - [`hash`]: the file id (`blake3::hash` of the ciphertext) and the outboard (the blocks'
 //!   chaining values) that lets each block be verified on its own.
-//! - [`store`]: files in the [`Store`](crate::Store)'s database: import a ciphertext stream,
+//! - `blobs`: the data files (one sparse file per file, synced before blocks are recorded).
+//! - [`store`]: files in the [`Store`](crate::Store): import a ciphertext stream,
 //!   read verified blocks, held blocks (sparse), list, delete, stats.
 //! - [`protocol`]: [`serve`] a peer's request, [`fetch`] from a peer (resuming from what is held).
 //!
@@ -18,6 +20,7 @@
 //! (`put`: plaintext bytes read; `fetch`: [`FetchProgress`]). A holder runs [`serve`] on every
 //! stream that arrives on [`ALPN`]; a mirror hosts a file by fetching it.
 
+pub(crate) mod blobs;
 pub mod crypto;
 pub mod hash;
 pub mod protocol;

@@ -276,7 +276,7 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
             let mut at = s;
             while at < e {
                 let end = (at + BATCH_BLOCKS).min(e);
-                let rows = store.block_rows(file.row, at..end).await?;
+                let rows = store.block_rows(file, at..end).await?;
                 for (idx, data) in &rows {
                     check_block(&id, file.size, *idx, data, &cvs[*idx as usize])?;
                 }
@@ -500,7 +500,7 @@ impl Session<'_> {
         let row = file.row;
         let write = async move {
             while let Some(batch) = batch_rx.recv().await {
-                store.put_blocks(row, &batch).await?;
+                store.put_blocks(row, batch).await?;
             }
             Ok::<_, StoreError>(())
         };

@@ -1,8 +1,11 @@
-//! Files in the store's database: a `files` row per file (its id, ciphertext size and outboard)
-//! and a `file_blocks` row per held 64 KiB block. A holder may hold any subset of a file's
+//! Files in the store: a `files` row per file (its id, ciphertext size and outboard) and a
+//! `file_blocks` row per held 64 KiB block, whose bytes are in the file's data file in the blob
+//! dir (see `files::blobs`; written and synced before the row is committed) or, for a store
+//! without a blob dir, in the row. A holder may hold any subset of a file's
 //! blocks (a mirror that fetched a range, an interrupted transfer); every stored block was
 //! verified against the outboard, and the outboard against the id, before it was written, and
-//! blocks are verified again when read, so a damaged database is reported, never served.
+//! blocks are verified again when read, so a damaged database or data file is reported, never
+//! served.
 //!
 //! An import hashes the ciphertext as it streams in, so its id is known only at the end: the
 //! blocks go under a provisional row (no id yet) in batches, and the row gets its id and outboard
@@ -30,6 +33,14 @@ use crate::log::RangeSet;
 pub const BATCH_BLOCKS: u64 = 64;
 /// Blocks per multi-row insert (3 binds each).
 const INSERT_ROWS: usize = 16;
+
+/// The bytes of held block `b` of file `f` (0 for no block: a `LEFT JOIN` without a match), from
+/// the file's size, since a block's data may be in a data file rather than the row.
+macro_rules! held_len {
+    () => {
+        "CASE WHEN b.idx IS NULL THEN 0 WHEN (b.idx + 1) * 65536 > f.size THEN f.size - b.idx * 65536 ELSE 65536 END"
+    };
+}
 
 /// A file as this store holds it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -147,25 +158,41 @@ impl Store {
         };
         let write = async {
             while let Some(batch) = batch_rx.recv().await {
-                self.put_blocks(row, &batch).await?;
+                self.put_blocks(row, batch).await?;
             }
             Ok::<_, StoreError>(())
         };
         let (built, written) = tokio::join!(read, write);
         written?;
         let (id, size, cvs) = built?;
-        self.finish_import(row, id, size, &cvs).await?;
+        if let Some(existing) = self.finish_import(row, id, size, &cvs).await? {
+            // The store had (part of) this file already: what it lacks moves over, then the
+            // provisional row goes.
+            let imported = FileRow { row, size };
+            let have = self.held_blocks(existing).await?;
+            for (s, e) in have.missing(block_count(size)).iter() {
+                let mut at = s;
+                while at < e {
+                    let end = (at + BATCH_BLOCKS).min(e);
+                    let batch = self.block_rows(imported, at..end).await?;
+                    self.put_blocks(existing, batch).await?;
+                    at = end;
+                }
+            }
+            self.remove_file_row(row).await?;
+        }
         self.file_info(&id).await
     }
 
-    /// Gives a provisional row its id, or merges it into the file's existing row.
+    /// Gives a provisional row its id; or, if the file has a row already, returns that row
+    /// (the caller merges the provisional row into it).
     async fn finish_import(
         &self,
         row: i64,
         id: FileId,
         size: u64,
         cvs: &[ChainingValue],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let outboard = encode_cvs(cvs);
         in_write_tx!(&self.db, tx, DB => {
             let existing: Option<i64> = sqlx::query("SELECT id FROM files WHERE root = $1")
@@ -175,19 +202,7 @@ impl Store {
                 .map(|r| r.try_get(0))
                 .transpose()?;
             match existing {
-                Some(existing) => {
-                    sqlx::query(
-                        "INSERT INTO file_blocks (file_id, idx, data) \
-                         SELECT $1, idx, data FROM file_blocks WHERE file_id = $2 \
-                         ON CONFLICT (file_id, idx) DO NOTHING",
-                    )
-                    .bind(existing)
-                    .bind(row)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("DELETE FROM file_blocks WHERE file_id = $1").bind(row).execute(&mut *tx).await?;
-                    sqlx::query("DELETE FROM files WHERE id = $1").bind(row).execute(&mut *tx).await?;
-                }
+                Some(existing) => return Ok(Some(existing)),
                 None => {
                     sqlx::query("UPDATE files SET root = $1, size = $2, outboard = $3 WHERE id = $4")
                         .bind(id.0.as_slice())
@@ -199,35 +214,54 @@ impl Store {
                 }
             }
             tx.commit().await?;
-            Ok(())
+            Ok(None)
         })
     }
 
+    /// Deletes a file row and its blocks, then (once that is committed) its data file.
     async fn remove_file_row(&self, row: i64) -> Result<(), StoreError> {
         in_write_tx!(&self.db, tx, DB => {
             sqlx::query("DELETE FROM file_blocks WHERE file_id = $1").bind(row).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM files WHERE id = $1").bind(row).execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(())
-        })
+        })?;
+        if let Some(blobs) = self.blobs.clone() {
+            super::blobs::blocking(move || blobs.remove(row)).await?;
+        }
+        Ok(())
     }
 
-    /// Stores blocks that were verified already (one transaction; blocks held already are kept).
+    /// Stores blocks that were verified already (blocks held already are kept). With a blob
+    /// dir, the bytes go to the file's data file and are made durable first; then one
+    /// transaction records the blocks as held. Without one, the transaction holds the bytes.
     pub(crate) async fn put_blocks(
         &self,
         row: i64,
-        blocks: &[(u64, Vec<u8>)],
+        blocks: Vec<(u64, Vec<u8>)>,
     ) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
         }
+        let (blocks, in_file) = match self.blobs.clone() {
+            Some(blobs) => {
+                let blocks = super::blobs::blocking(move || {
+                    blobs.write(row, &blocks)?;
+                    Ok(blocks)
+                })
+                .await?;
+                (blocks, true)
+            }
+            None => (blocks, false),
+        };
         in_write_tx!(&self.db, tx, DB => {
             for chunk in blocks.chunks(INSERT_ROWS) {
                 let mut qb = QueryBuilder::<DB>::new("INSERT INTO file_blocks (file_id, idx, data) ");
                 let mut bad = None;
                 qb.push_values(chunk, |mut b, (i, data)| {
                     let idx = to_i64(*i).unwrap_or_else(|e| { bad = Some(e); 0 });
-                    b.push_bind(row).push_bind(idx).push_bind(data.as_slice());
+                    let data = (!in_file).then_some(data.as_slice());
+                    b.push_bind(row).push_bind(idx).push_bind(data);
                 });
                 if let Some(e) = bad {
                     return Err(e);
@@ -344,9 +378,10 @@ impl Store {
             .await?
             .ok_or(StoreError::FileNotFound { id: *id })?;
         let (held, bytes) = on_db!(&self.db, pool, DB => {
-            let r = sqlx::query(
-                "SELECT COUNT(*), CAST(COALESCE(SUM(length(data)), 0) AS BIGINT) FROM file_blocks WHERE file_id = $1",
-            )
+            let r = sqlx::query(concat!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(", held_len!(), "), 0) AS BIGINT) \
+                 FROM file_blocks b JOIN files f ON f.id = b.file_id WHERE b.file_id = $1",
+            ))
             .bind(file.row)
             .fetch_one(pool)
             .await?;
@@ -364,11 +399,11 @@ impl Store {
     /// Every file held (in part or whole), by id.
     pub async fn list_files(&self) -> Result<Vec<FileInfo>, StoreError> {
         let rows = on_db!(&self.db, pool, DB => {
-            sqlx::query(
-                "SELECT f.root, f.size, COUNT(b.idx), CAST(COALESCE(SUM(length(b.data)), 0) AS BIGINT) \
+            sqlx::query(concat!(
+                "SELECT f.root, f.size, COUNT(b.idx), CAST(COALESCE(SUM(", held_len!(), "), 0) AS BIGINT) \
                  FROM files f LEFT JOIN file_blocks b ON b.file_id = f.id \
                  WHERE f.root IS NOT NULL GROUP BY f.id, f.root, f.size ORDER BY f.root",
-            )
+            ))
             .fetch_all(pool)
             .await?
             .into_iter()
@@ -445,7 +480,7 @@ impl Store {
             return Err(StoreError::Malformed("at most 64 blocks per read"));
         }
         let cvs = self.file_cvs(id, file, blocks.clone()).await?;
-        let rows = self.block_rows(file.row, blocks.clone()).await?;
+        let rows = self.block_rows(file, blocks.clone()).await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut want = blocks.start;
         for (idx, data) in rows {
@@ -468,12 +503,14 @@ impl Store {
         Ok(out)
     }
 
-    /// The held blocks among `blocks`, in order, unverified.
+    /// The held blocks among `blocks`, in order, unverified: from the rows, or (a row without
+    /// data) from the data file.
     pub(crate) async fn block_rows(
         &self,
-        row: i64,
+        file: FileRow,
         blocks: Range<u64>,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let row = file.row;
         let rows = on_db!(&self.db, pool, DB => {
             sqlx::query("SELECT idx, data FROM file_blocks WHERE file_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx")
                 .bind(row)
@@ -482,10 +519,43 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .into_iter()
-                .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Vec<u8>, _>(1)?)) })
+                .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Option<Vec<u8>>, _>(1)?)) })
                 .collect::<Result<Vec<_>, _>>()?
         });
-        rows.into_iter().map(|(i, d)| Ok((to_u64(i)?, d))).collect()
+        let mut out = Vec::with_capacity(rows.len());
+        let mut from_file = Vec::new();
+        for (i, data) in rows {
+            let i = to_u64(i)?;
+            if data.is_none() {
+                if i >= block_count(file.size) {
+                    return Err(StoreError::Corrupt(format!(
+                        "block {i} of file row {row} is past its end"
+                    )));
+                }
+                from_file.push((i, block_len(file.size, i)));
+            }
+            out.push((i, data));
+        }
+        let mut read = if from_file.is_empty() {
+            Vec::new()
+        } else {
+            let Some(blobs) = self.blobs.clone() else {
+                return Err(StoreError::Corrupt(format!(
+                    "blocks of file row {row} are kept in a blob dir, and this store was opened without one"
+                )));
+            };
+            super::blobs::blocking(move || blobs.read(row, &from_file)).await?
+        }
+        .into_iter();
+        out.into_iter()
+            .map(|(i, data)| match data {
+                Some(data) => Ok((i, data)),
+                None => read
+                    .next()
+                    .map(|d| (i, d))
+                    .ok_or_else(|| StoreError::Io("blob read came back short".into())),
+            })
+            .collect()
     }
 
     /// Deletes a file and every block of it held here; whether it was held.
@@ -500,14 +570,14 @@ impl Store {
     /// Totals over the files held.
     pub async fn file_stats(&self) -> Result<FileStats, StoreError> {
         let (files, complete, blocks, bytes) = on_db!(&self.db, pool, DB => {
-            let r = sqlx::query(
+            let r = sqlx::query(concat!(
                 "SELECT \
                  (SELECT COUNT(*) FROM files WHERE root IS NOT NULL), \
                  (SELECT COUNT(*) FROM files f WHERE root IS NOT NULL AND \
                     (SELECT COUNT(*) FROM file_blocks b WHERE b.file_id = f.id) * 65536 >= f.size), \
                  (SELECT COUNT(*) FROM file_blocks b JOIN files f ON f.id = b.file_id WHERE f.root IS NOT NULL), \
-                 (SELECT CAST(COALESCE(SUM(length(b.data)), 0) AS BIGINT) FROM file_blocks b JOIN files f ON f.id = b.file_id WHERE f.root IS NOT NULL)",
-            )
+                 (SELECT CAST(COALESCE(SUM(", held_len!(), "), 0) AS BIGINT) FROM file_blocks b JOIN files f ON f.id = b.file_id WHERE f.root IS NOT NULL)",
+            ))
             .fetch_one(pool)
             .await?;
             (r.try_get::<i64, _>(0)?, r.try_get::<i64, _>(1)?, r.try_get::<i64, _>(2)?, r.try_get::<i64, _>(3)?)
@@ -544,7 +614,7 @@ pub(crate) async fn copy_file(
                 .collect();
             blocks += batch.len() as u64;
             bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-            to.put_blocks(dest.row, &batch).await?;
+            to.put_blocks(dest.row, batch).await?;
             at = end;
         }
     }

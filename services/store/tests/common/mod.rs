@@ -15,13 +15,18 @@ pub struct TestDb {
     pub url: String,
     /// The SQLite file's directory (removed on drop).
     _dir: Option<tempfile::TempDir>,
+    /// The blob dir the store is opened with (`None`: the default, see `Store::open`).
+    pub blob_dir: Option<tempfile::TempDir>,
 }
 
 impl TestDb {
     pub async fn open(&self) -> Store {
-        Store::open(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("open {} store at {}: {e:?}", self.name, self.url))
+        Store::open_with_blob_dir(
+            &self.url,
+            self.blob_dir.as_ref().map(|d| d.path().join("blobs")),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("open {} store at {}: {e:?}", self.name, self.url))
     }
 }
 
@@ -37,11 +42,22 @@ pub fn sqlite() -> TestDb {
         name: "sqlite",
         url,
         _dir: Some(dir),
+        blob_dir: None,
     }
 }
 
-/// A fresh database on the test PostgreSQL server.
+/// A fresh database on the test PostgreSQL server, opened with a blob dir for file data.
 pub async fn postgres() -> TestDb {
+    TestDb {
+        name: "postgres",
+        blob_dir: Some(tempfile::tempdir().expect("temp dir")),
+        ..postgres_inline().await
+    }
+}
+
+/// A fresh database on the test PostgreSQL server, opened without a blob dir: file data is kept
+/// in the database.
+pub async fn postgres_inline() -> TestDb {
     let url = kith_store::testing::fresh_postgres_database("kith_test")
         .await
         .unwrap_or_else(|e| {
@@ -52,8 +68,9 @@ pub async fn postgres() -> TestDb {
             )
         });
     TestDb {
-        name: "postgres",
+        name: "postgres-inline",
         url,
         _dir: None,
+        blob_dir: None,
     }
 }
