@@ -34,8 +34,8 @@ pub struct StoreUrl {
         value_name = "FILE"
     )]
     pub password_file: Option<PathBuf>,
-    /// Where file blocks are kept, as files (default: beside a SQLite database,
-    /// `<db>-blobs/`; for PostgreSQL `<home>/store/blobs`).
+    /// Where file blocks are kept, as files (default: beside a SQLite database, `<db>-blobs/`;
+    /// for PostgreSQL none: blocks stay in the database). Always the same dir for a database.
     #[arg(
         long = "blob-dir",
         global = true,
@@ -202,18 +202,10 @@ pub(crate) async fn open(url: &str, must_exist: bool) -> anyhow::Result<Store> {
 }
 
 /// The store the commands use: `--store` (default the home's SQLite database) with its blob
-/// dir (`--blob-dir`; for PostgreSQL the home's `store/blobs`).
+/// dir (`--blob-dir`).
 pub(crate) async fn open_store(ctx: &Ctx, arg: &StoreUrl) -> anyhow::Result<Store> {
     let url = url(ctx, arg)?;
-    let blob_dir = match (&arg.blob_dir, kind(&url)?) {
-        (Some(dir), _) => Some(dir.clone()),
-        (None, Kind::Postgres) => Some(
-            std::path::absolute(ctx.home.service_dir("store").join("blobs"))
-                .context("resolve the home directory")?,
-        ),
-        (None, Kind::Sqlite(_)) => None,
-    };
-    open_in(&url, blob_dir, false).await
+    open_in(&url, arg.blob_dir.clone(), false).await
 }
 
 async fn open_in(url: &str, blob_dir: Option<PathBuf>, must_exist: bool) -> anyhow::Result<Store> {
