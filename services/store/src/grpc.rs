@@ -325,6 +325,7 @@ impl StoreRpc for StoreGrpc {
             fork_evidence: s.stats.fork_evidence,
             mailbox_records: s.mailboxes.records,
             mailbox_bytes: s.mailboxes.bytes,
+            nodes: s.stats.nodes,
         }))
     }
 
@@ -490,7 +491,7 @@ impl StoreApi for RemoteStore {
                 forked_logs: s.forked_logs,
                 entries: s.entries,
                 entry_bytes: s.entry_bytes,
-                nodes: 0,
+                nodes: s.nodes,
                 fork_evidence: s.fork_evidence,
             },
             mailboxes: MailboxStats {

@@ -424,27 +424,32 @@ impl StoreApi for StoreService {
     async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>> {
         match &self.replicator {
             Some(replicator) => Ok(replicator.list_mirrors().await?),
-            // Without a network nothing is mirrored now; the mirrors kept are still listed.
-            None => Ok(self
-                .store
-                .mirrors()
-                .await?
-                .into_iter()
-                .map(|m| MirrorInfo {
-                    key: m.key,
-                    policy: MirrorPolicy {
-                        quota_bytes: m.quota_bytes,
-                        priority: m.priority,
-                    },
-                    length: 0,
-                    held_entries: 0,
-                    bytes_held: 0,
-                    evicted_below: m.evicted_below,
-                    peers_seen: 0,
-                    last_sync_ms: None,
-                    forked: false,
-                })
-                .collect()),
+            // Without a network nothing is replicated now; the mirrors kept are listed with
+            // what is held of them (no peers seen, no sync in this run).
+            None => {
+                let rows = self.store.mirrors().await?;
+                let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
+                let bytes = self.store.entry_bytes(&keys).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for m in rows {
+                    let log = self.store.log_info(&m.key).await?;
+                    out.push(MirrorInfo {
+                        key: m.key,
+                        policy: MirrorPolicy {
+                            quota_bytes: m.quota_bytes,
+                            priority: m.priority,
+                        },
+                        length: log.length,
+                        held_entries: log.held_entries,
+                        bytes_held: bytes.get(&m.key).copied().unwrap_or(0),
+                        evicted_below: m.evicted_below,
+                        peers_seen: 0,
+                        last_sync_ms: None,
+                        forked: log.forked,
+                    });
+                }
+                Ok(out)
+            }
         }
     }
 

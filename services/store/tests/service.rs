@@ -135,6 +135,12 @@ async fn writer_logs_through_the_api() {
             let logs = api.list_logs().await.unwrap();
             assert_eq!(logs.len(), 2, "{label}");
             let status = api.status().await.unwrap();
+            // The same totals whether asked in-process or over gRPC.
+            assert_eq!(
+                status.stats,
+                served.service.store().stats().await.unwrap(),
+                "{label}"
+            );
             assert_eq!(
                 (status.stats.logs, status.stats.entries),
                 (2, 101),
