@@ -18,6 +18,13 @@ pub fn today() -> String {
         .unwrap_or_default()
 }
 
+/// CPU time this process has used so far, all threads together (user and system).
+pub fn process_cpu() -> std::time::Duration {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .expect("the process CPU clock");
+    std::time::Duration::new(t.tv_sec() as u64, t.tv_nsec() as u32)
+}
+
 /// "met" or "NOT met", for target lines.
 pub fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "NOT met" }

@@ -25,6 +25,7 @@
 //! alternating which goes first; figures are medians, the ratio the median of per-round ratios.
 //!
 //! Run: `cargo bench -p kith --bench file` (release). Writes its table into BENCHMARKS.md.
+//! `KITH_FILE_BENCH_ONLY=kith` (or `raw`) runs one system alone, for a profiler.
 
 #[path = "../src/store_net.rs"]
 #[allow(dead_code)]
@@ -34,7 +35,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kith_bench::{today, verdict, write_section};
+use kith_bench::{process_cpu, today, verdict, write_section};
 use kith_store::Store;
 use kith_store::files::{self, EncryptReader, FileId, FileKey};
 use kith_store::net::Network;
@@ -257,7 +258,10 @@ fn median(v: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
-async fn kith_round(store: &Store, network: &TransportNetwork, holder: &Holder) -> f64 {
+/// One fetch: its rate (MiB/s) and the CPU time the process spent on it (all threads: both
+/// nodes, their stores, the blocking pool), in ms.
+async fn kith_round(store: &Store, network: &TransportNetwork, holder: &Holder) -> (f64, f64) {
+    let cpu = process_cpu();
     let started = Instant::now();
     let report = files::fetch(
         store,
@@ -270,12 +274,15 @@ async fn kith_round(store: &Store, network: &TransportNetwork, holder: &Holder) 
     .await
     .unwrap();
     let secs = started.elapsed().as_secs_f64();
+    let cpu = (process_cpu() - cpu).as_secs_f64() * 1e3;
     assert!(report.complete() && report.bytes_received == holder.size);
     assert!(store.delete_file(&holder.id).await.unwrap());
-    mib_per_s(holder.size, secs)
+    (mib_per_s(holder.size, secs), cpu)
 }
 
-async fn raw_round(conn: &quinn::Connection, size: u64) -> f64 {
+/// One raw stream: its rate (MiB/s) and the process's CPU time on it, in ms.
+async fn raw_round(conn: &quinn::Connection, size: u64) -> (f64, f64) {
+    let cpu = process_cpu();
     let started = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(&[1]).await.unwrap();
@@ -285,8 +292,9 @@ async fn raw_round(conn: &quinn::Connection, size: u64) -> f64 {
         total += chunk.bytes.len() as u64;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = (process_cpu() - cpu).as_secs_f64() * 1e3;
     assert_eq!(total, size);
-    mib_per_s(size, secs)
+    (mib_per_s(size, secs), cpu)
 }
 
 /// The storage anchor: `blocks` stored as the fetcher stores them — each 4 MiB batch written to
@@ -408,11 +416,26 @@ fn main() {
         raw_round(&conn, holder.size).await;
         storage_round(&pool, &anchor_data, &blocks).await;
 
+        // For profilers: `KITH_FILE_BENCH_ONLY=kith|raw` runs 20 rounds of one system alone,
+        // prints their figures and writes nothing.
+        if let Ok(only) = std::env::var("KITH_FILE_BENCH_ONLY") {
+            for _ in 0..20 {
+                let (rate, cpu) = match only.as_str() {
+                    "kith" => kith_round(&store, &network, &holder).await,
+                    "raw" => raw_round(&conn, holder.size).await,
+                    other => panic!("KITH_FILE_BENCH_ONLY={other}: kith or raw"),
+                };
+                println!("{only}: {rate:.0} MiB/s, {cpu:.0} ms CPU");
+            }
+            return;
+        }
+
         let (mut kith, mut anchor, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut storage, mut storage_ratios) = (Vec::new(), Vec::new());
         let (mut in_memory, mut memory_ratios) = (Vec::new(), Vec::new());
+        let (mut kith_cpu, mut raw_cpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            let (k, r) = if round % 2 == 0 {
+            let ((k, kc), (r, rc)) = if round % 2 == 0 {
                 let k = kith_round(&store, &network, &holder).await;
                 (k, raw_round(&conn, holder.size).await)
             } else {
@@ -420,13 +443,16 @@ fn main() {
                 (kith_round(&store, &network, &holder).await, r)
             };
             let sq = storage_round(&pool, &anchor_data, &blocks).await;
-            let m = kith_round(&shm_store, &network, &holder).await;
+            let (m, _) = kith_round(&shm_store, &network, &holder).await;
             in_memory.push(m);
             memory_ratios.push(m / r);
             println!(
-                "round {round}: kith {k:.0} MiB/s, raw quinn {r:.0} MiB/s, ratio {:.2}; storage alone {sq:.0} MiB/s; kith into tmpfs {m:.0} MiB/s",
+                "round {round}: kith {k:.0} MiB/s ({kc:.0} ms CPU), raw quinn {r:.0} MiB/s ({rc:.0} ms CPU), ratio {:.2}; storage alone {sq:.0} MiB/s; kith into tmpfs {m:.0} MiB/s",
                 k / r
             );
+            kith_cpu.push(kc);
+            raw_cpu.push(rc);
+            cpu_ratios.push(kc / rc);
             kith.push(k);
             anchor.push(r);
             ratios.push(k / r);
@@ -440,7 +466,8 @@ fn main() {
 | measurement | Kith file fetch | raw quinn stream (anchor) | ratio Kith / raw, median of per-round ratios |\n\
 |---|---:|---:|---:|\n\
 | 64 MiB, median MiB/s (worst round) | {k:.0} ({kw:.0}) | {r:.0} ({rw:.0}) | {ratio:.2}× |\n\
-| the same fetch into a store on tmpfs (`/dev/shm`: same work, no disk), median MiB/s (worst round) | {m:.0} ({mw:.0}) | {r:.0} ({rw:.0}) | {mratio:.2}× |\n\n\
+| the same fetch into a store on tmpfs (`/dev/shm`: same work, no disk), median MiB/s (worst round) | {m:.0} ({mw:.0}) | {r:.0} ({rw:.0}) | {mratio:.2}× |\n\
+| CPU time per 64 MiB, both ends together (the process's CPU clock: every thread), median ms | {kc:.0} | {rc:.0} | {cratio:.2}× |\n\n\
 Where the time goes — the fetcher's storage alone (the same 64 KiB blocks written at their offsets in a data file on the same disk, `fdatasync` per 4 MiB batch, then the batch's 64 rows committed to SQLite with the store's settings; no network, no hashing), measured in the same rounds: median {sq:.0} MiB/s (worst {sqw:.0}); Kith's whole fetch runs at {sratio:.2}× of it (median of per-round ratios).\n\n\
 Target: file transfer ≥ 0.8× a raw quinn stream on loopback — {ratio:.2}× ({verdict}).\n",
             date = today(),
@@ -457,6 +484,9 @@ Target: file transfer ≥ 0.8× a raw quinn stream on loopback — {ratio:.2}× 
             m = median(&in_memory),
             mw = worst(&in_memory),
             mratio = median(&memory_ratios),
+            kc = median(&kith_cpu),
+            rc = median(&raw_cpu),
+            cratio = median(&cpu_ratios),
         );
         println!("{body}");
         write_section("store-files", &body);

@@ -11,7 +11,7 @@
 //! Everything here is blocking I/O; callers run it under `spawn_blocking`.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -106,22 +106,33 @@ impl BlobDir {
             }
             Err(e) => return Err(io("open", &path, e)),
         };
+        // Each block is read into a buffer of its size that is not zeroed first; contiguous
+        // blocks need no seek between them.
         let mut out = Vec::with_capacity(blocks.len());
+        let mut reader = &file;
+        let mut at = None;
         for &(index, len) in blocks {
-            let mut data = vec![0u8; len];
             let offset = index
                 .checked_mul(BLOCK_BYTES)
                 .ok_or(StoreError::OutOfRange)?;
-            match file.read_exact_at(&mut data, offset) {
-                Ok(()) => out.push(data),
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
-                    return Err(StoreError::Corrupt(format!(
-                        "block {index} is past the end of data file {}",
-                        path.display()
-                    )));
-                }
-                Err(e) => return Err(io("read", &path, e)),
+            if at != Some(offset) {
+                reader
+                    .seek(SeekFrom::Start(offset))
+                    .map_err(|e| io("seek", &path, e))?;
             }
+            let mut data = Vec::with_capacity(len);
+            reader
+                .take(len as u64)
+                .read_to_end(&mut data)
+                .map_err(|e| io("read", &path, e))?;
+            if data.len() != len {
+                return Err(StoreError::Corrupt(format!(
+                    "block {index} is past the end of data file {}",
+                    path.display()
+                )));
+            }
+            at = Some(offset + len as u64);
+            out.push(data);
         }
         Ok(out)
     }

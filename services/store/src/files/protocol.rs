@@ -27,8 +27,9 @@ use std::time::Duration;
 
 use blake3::hazmat::ChainingValue;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::blobs::blocking;
 use super::hash::{block_count, block_cv, block_len};
 use super::store::{BATCH_BLOCKS, FileInfo, check_block};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
@@ -76,26 +77,67 @@ fn io_error(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Network(format!("{what}: {e}"))
 }
 
+/// Frames up to this size are sent as one write; larger ones as a head and their parts, so a
+/// block's bytes are not copied into a frame buffer first (the stream copies them once).
+const COALESCE_BYTES: usize = 4096;
+
 async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: u8,
     parts: &[&[u8]],
 ) -> Result<(), StoreError> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut frame = Vec::with_capacity(5 + len);
-    frame.push(kind);
-    frame.extend_from_slice(&(len as u32).to_le_bytes());
-    for p in parts {
-        frame.extend_from_slice(p);
-    }
-    w.write_all(&frame)
+    let mut head = Vec::with_capacity(5 + len.min(COALESCE_BYTES));
+    head.push(kind);
+    head.extend_from_slice(&(len as u32).to_le_bytes());
+    let sent = async {
+        if len <= COALESCE_BYTES {
+            for p in parts {
+                head.extend_from_slice(p);
+            }
+            return w.write_all(&head).await;
+        }
+        // Small leading parts (a block's index) ride with the head.
+        let mut rest = parts;
+        while let [first, tail @ ..] = rest {
+            if head.len() + first.len() > 64 {
+                break;
+            }
+            head.extend_from_slice(first);
+            rest = tail;
+        }
+        w.write_all(&head).await?;
+        for p in rest {
+            w.write_all(p).await?;
+        }
+        Ok(())
+    };
+    sent.await.map_err(|e| io_error("send to peer", e))
+}
+
+/// A received frame. A block frame's index is parsed off, so its payload is the block's bytes
+/// alone, read straight into a buffer of their size.
+struct Frame {
+    kind: u8,
+    /// A block frame's index (0 for other kinds).
+    index: u64,
+    payload: Vec<u8>,
+}
+
+async fn read_exact_timed<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+) -> Result<(), StoreError> {
+    tokio::time::timeout(IDLE_TIMEOUT, r.read_exact(buf))
         .await
-        .map_err(|e| io_error("send to peer", e))
+        .map_err(|_| StoreError::Network("peer went silent".into()))?
+        .map(drop)
+        .map_err(|e| io_error("receive from peer", e))
 }
 
 /// Reads one frame (`None` at a clean end of stream before a frame), refusing unknown kinds and
 /// oversized payloads before reading them.
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(u8, Vec<u8>)>, StoreError> {
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, StoreError> {
     let mut head = [0u8; 5];
     let read = tokio::time::timeout(IDLE_TIMEOUT, async {
         let mut got = 0;
@@ -121,19 +163,46 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(u8, Vec<u
         return Ok(None);
     }
     let kind = head[0];
-    let len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
+    let mut len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
     let max = max_payload(kind).ok_or_else(|| protocol(format!("unknown frame kind {kind}")))?;
     if len > max {
         return Err(protocol(format!(
             "frame of kind {kind} with {len} bytes (at most {max})"
         )));
     }
-    let mut payload = vec![0u8; len];
-    tokio::time::timeout(IDLE_TIMEOUT, r.read_exact(&mut payload))
-        .await
-        .map_err(|_| StoreError::Network("peer went silent".into()))?
-        .map_err(|e| io_error("receive from peer", e))?;
-    Ok(Some((kind, payload)))
+    let mut index = 0;
+    if kind == BLOCK {
+        if len <= 8 {
+            return Err(protocol(format!("block frame of {len} bytes")));
+        }
+        let mut at = [0u8; 8];
+        read_exact_timed(r, &mut at).await?;
+        index = u64::from_le_bytes(at);
+        len -= 8;
+    }
+    // Read into a buffer of the payload's size that is not zeroed first.
+    let mut payload = Vec::with_capacity(len);
+    tokio::time::timeout(IDLE_TIMEOUT, async {
+        while payload.len() < len {
+            let want = (len - payload.len()) as u64;
+            let n = (&mut *r)
+                .take(want)
+                .read_buf(&mut payload)
+                .await
+                .map_err(|e| io_error("receive from peer", e))?;
+            if n == 0 {
+                return Err(StoreError::Network("stream ended inside a frame".into()));
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| StoreError::Network("peer went silent".into()))??;
+    Ok(Some(Frame {
+        kind,
+        index,
+        payload,
+    }))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -231,7 +300,7 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     send: &mut W,
     recv: &mut R,
 ) -> Result<ServeReport, StoreError> {
-    let (kind, payload) = read_frame(recv)
+    let Frame { kind, payload, .. } = read_frame(recv)
         .await?
         .ok_or_else(|| protocol("stream ended before a request"))?;
     if kind != REQUEST {
@@ -277,9 +346,22 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
             while at < e {
                 let end = (at + BATCH_BLOCKS).min(e);
                 let rows = store.block_rows(file, at..end).await?;
-                for (idx, data) in &rows {
-                    check_block(&id, file.size, *idx, data, &cvs[*idx as usize])?;
-                }
+                // Hashing runs beside the runtime, which is busy sending the previous batch.
+                let batch_cvs = cvs[at as usize..end as usize].to_vec();
+                let rows = blocking(move || {
+                    for (idx, data) in &rows {
+                        let cv = batch_cvs
+                            .get(idx.wrapping_sub(at) as usize)
+                            .ok_or_else(|| {
+                                StoreError::Corrupt(format!(
+                                    "block {idx} read for blocks {at}..{end}"
+                                ))
+                            })?;
+                        check_block(&id, file.size, *idx, data, cv)?;
+                    }
+                    Ok(rows)
+                })
+                .await?;
                 if batches.send(rows).await.is_err() {
                     return Ok(());
                 }
@@ -390,7 +472,7 @@ pub async fn fetch(
     send.shutdown()
         .await
         .map_err(|e| io_error("send to peer", e))?;
-    let mut recv = BufReader::with_capacity(256 * 1024, recv);
+    let mut recv = recv;
 
     let mut session = Session {
         store,
@@ -435,7 +517,7 @@ impl Session<'_> {
         recv: &mut R,
         progress: &mut (impl FnMut(FetchProgress) + Send),
     ) -> Result<RangeSet, StoreError> {
-        let (kind, payload) = read_frame(recv).await?.ok_or_else(|| {
+        let Frame { kind, payload, .. } = read_frame(recv).await?.ok_or_else(|| {
             StoreError::Network("peer closed the stream without answering".into())
         })?;
         let size = match kind {
@@ -510,13 +592,16 @@ impl Session<'_> {
             let result = async {
                 let mut next = 0u64;
                 loop {
-                    let (kind, payload) = read_frame(recv).await?.ok_or_else(|| {
+                    let Frame {
+                        kind,
+                        index: idx,
+                        payload,
+                    } = read_frame(recv).await?.ok_or_else(|| {
                         StoreError::Network("stream ended before the transfer did".into())
                     })?;
                     match kind {
-                        BLOCK if payload.len() > 8 => {
-                            let idx = u64_at(&payload, 0);
-                            let data = &payload[8..];
+                        BLOCK => {
+                            let data = &payload[..];
                             if idx < next || !may_arrive.contains(idx) {
                                 return Err(protocol(format!(
                                     "block {idx} was not asked for or is out of order"
@@ -535,8 +620,6 @@ impl Session<'_> {
                                 )));
                             }
                             next = idx + 1;
-                            let mut payload = payload;
-                            payload.drain(..8);
                             state.received += payload.len() as u64;
                             state.held += payload.len() as u64;
                             self.received_blocks += 1;
@@ -594,7 +677,7 @@ impl Session<'_> {
     ) -> Result<Vec<ChainingValue>, StoreError> {
         let mut cvs: Vec<ChainingValue> = Vec::new();
         while (cvs.len() as u64) < count {
-            let (kind, payload) = read_frame(recv)
+            let Frame { kind, payload, .. } = read_frame(recv)
                 .await?
                 .ok_or_else(|| StoreError::Network("stream ended inside the outboard".into()))?;
             match kind {
