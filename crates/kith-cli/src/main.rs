@@ -6,6 +6,7 @@ mod context;
 mod device;
 mod file;
 mod id;
+mod mailbox;
 mod mirror;
 mod node;
 mod output;
@@ -86,6 +87,8 @@ enum Command {
     Mirror(mirror::MirrorArgs),
     /// Put and get encrypted files (a `kithfile1…` ticket carries the key).
     File(file::FileArgs),
+    /// Leave sealed records for offline peers in mailboxes kept by any node; fetch your own.
+    Mailbox(mailbox::MailboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
             Command::Log(args) => store::run_log(&ctx, args).await,
             Command::Mirror(args) => mirror::run(&ctx, args).await,
             Command::File(args) => file::run(&ctx, args).await,
+            Command::Mailbox(args) => mailbox::run(&ctx, args).await,
         }
     });
     match result {

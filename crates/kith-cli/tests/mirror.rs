@@ -7,12 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use common::*;
-use serde_json::Value;
 
 const CANARIES: [&str; 3] = [
     "CANARY-7f3a9c: the eagle lands at dawn",
@@ -45,32 +43,6 @@ fn open(i: usize, entry: &str) -> String {
         )
         .unwrap();
     String::from_utf8(pt).unwrap()
-}
-
-fn node_up(home: &Path, bootstrap: Option<&str>) -> (Node, Value) {
-    let mut args = vec!["--json", "node", "up", "--bind", "127.0.0.1:0", "--no-mdns"];
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    start(home, &args)
-}
-
-/// Retries `f` until it returns `Some`, for up to 30 s.
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn dht_contacts(home: &Path) -> u64 {
-    kith(home, &["--json", "dht", "status"]).json()["routing_table_size"]
-        .as_u64()
-        .unwrap_or(0)
 }
 
 /// Every file under `dir`, with its bytes.

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -136,4 +136,32 @@ pub fn sigterm(node: &mut Node) -> i32 {
         .status()
         .unwrap();
     node.child.wait().unwrap().code().unwrap_or(-1)
+}
+
+/// `kith node up` on loopback (no mDNS), joining the DHT through `bootstrap` if given.
+pub fn node_up(home: &Path, bootstrap: Option<&str>) -> (Node, Value) {
+    let mut args = vec!["--json", "node", "up", "--bind", "127.0.0.1:0", "--no-mdns"];
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b]);
+    }
+    start(home, &args)
+}
+
+/// Retries `f` until it returns `Some`, for up to 30 s.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Contacts in the node's DHT routing table.
+pub fn dht_contacts(home: &Path) -> u64 {
+    kith(home, &["--json", "dht", "status"]).json()["routing_table_size"]
+        .as_u64()
+        .unwrap_or(0)
 }
