@@ -998,6 +998,33 @@ async fn deleting_a_file_removes_its_data_file() {
 }
 
 #[tokio::test]
+async fn data_files_whose_row_is_gone_are_removed_when_the_store_opens() {
+    for db in blob_backends().await {
+        let store = db.open().await;
+        let kept = put(&store, &plaintext(24, 300_000)).await;
+        let data = data_files(&store);
+        assert_eq!(data.len(), 1, "{}", db.name);
+        let dir = store.blob_dir().unwrap().to_owned();
+        // What a crash between a row's deletion and its data file's left, and files that are
+        // not data files of this store (left alone).
+        std::fs::copy(&data[0], dir.join("987654.data")).unwrap();
+        std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+        std::fs::write(dir.join("12x.data"), b"not a row").unwrap();
+        store.close().await;
+        let store = db.open().await;
+        let mut expected = data.clone();
+        expected.push(dir.join("12x.data"));
+        expected.sort();
+        assert_eq!(data_files(&store), expected, "{}", db.name);
+        assert!(dir.join("notes.txt").exists());
+        assert_eq!(
+            get(&store, &kept, 0..u64::MAX).await,
+            plaintext(24, 300_000)
+        );
+    }
+}
+
+#[tokio::test]
 async fn bytes_written_without_their_rows_are_not_held_and_a_refetch_works() {
     use std::os::unix::fs::FileExt;
     for db in blob_backends().await {

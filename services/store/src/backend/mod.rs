@@ -408,7 +408,8 @@ impl Store {
     /// A blob dir belongs to one database: its data files are named by the database's file
     /// rows. Blocks written to a blob dir are read from it, so reopen a store with the same
     /// blob dir (reading them without it is [`StoreError::Corrupt`]); blocks kept in the
-    /// database are read from there whatever the blob dir.
+    /// database are read from there whatever the blob dir. Opening removes data files whose
+    /// file row is gone (a crash while deleting a file left them).
     pub async fn open_with_blob_dir(
         url: &str,
         blob_dir: Option<std::path::PathBuf>,
@@ -423,6 +424,7 @@ impl Store {
                 crate::files::blobs::blocking(move || crate::files::blobs::BlobDir::open(dir))
                     .await?,
             );
+            store.sweep_orphan_data_files().await?;
         }
         Ok(store)
     }

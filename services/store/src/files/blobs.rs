@@ -49,6 +49,26 @@ impl BlobDir {
         &self.dir
     }
 
+    /// The file rows that have a data file here (names `<row>.data`; anything else is left
+    /// alone).
+    pub(crate) fn rows(&self) -> Result<Vec<i64>, StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| io("list", &self.dir, e))?;
+        let mut rows = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io("list", &self.dir, e))?;
+            let name = entry.file_name();
+            if let Some(row) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".data"))
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|&r| self.path(r).file_name() == Some(name.as_os_str()))
+            {
+                rows.push(row);
+            }
+        }
+        Ok(rows)
+    }
+
     /// The data file of file row `row`.
     pub(crate) fn path(&self, row: i64) -> PathBuf {
         self.dir.join(format!("{row}.data"))

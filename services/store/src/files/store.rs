@@ -219,17 +219,53 @@ impl Store {
     }
 
     /// Deletes a file row and its blocks, then (once that is committed) its data file.
+    /// Removes a file row, its block rows and its data file. The data file goes while the
+    /// write transaction is open: SQLite may give the next new file the same row id once this
+    /// one is gone, and that file's data must not be the one removed. (A crash between the
+    /// two leaves the row claiming blocks its data file lacks: they read as corrupt.)
     async fn remove_file_row(&self, row: i64) -> Result<(), StoreError> {
+        let blobs = self.blobs.clone();
         in_write_tx!(&self.db, tx, DB => {
             sqlx::query("DELETE FROM file_blocks WHERE file_id = $1").bind(row).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM files WHERE id = $1").bind(row).execute(&mut *tx).await?;
+            if let Some(blobs) = blobs {
+                super::blobs::blocking(move || blobs.remove(row)).await?;
+            }
             tx.commit().await?;
             Ok(())
-        })?;
-        if let Some(blobs) = self.blobs.clone() {
-            super::blobs::blocking(move || blobs.remove(row)).await?;
+        })
+    }
+
+    /// Removes data files in the blob dir whose file row is gone (left by a crash between a
+    /// row's deletion and its data file's, before data files were removed inside the
+    /// deleting transaction). A data file is created only for a row that exists, so one
+    /// without a row is never read again. Returns how many were removed.
+    pub(crate) async fn sweep_orphan_data_files(&self) -> Result<usize, StoreError> {
+        let Some(blobs) = self.blobs.clone() else {
+            return Ok(0);
+        };
+        let on_disk = {
+            let blobs = blobs.clone();
+            super::blobs::blocking(move || blobs.rows()).await?
+        };
+        if on_disk.is_empty() {
+            return Ok(0);
         }
-        Ok(())
+        let rows: std::collections::HashSet<i64> = on_db!(&self.db, pool, DB => {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM files")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect()
+        });
+        let orphans: Vec<i64> = on_disk.into_iter().filter(|r| !rows.contains(r)).collect();
+        let removed = orphans.len();
+        if removed > 0 {
+            tracing::info!(removed, dir = %blobs.dir().display(), "removed data files of deleted files");
+            super::blobs::blocking(move || orphans.iter().try_for_each(|&r| blobs.remove(r)))
+                .await?;
+        }
+        Ok(removed)
     }
 
     /// Stores blocks that were verified already (blocks held already are kept). With a blob
