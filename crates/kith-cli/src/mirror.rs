@@ -42,9 +42,10 @@ pub enum MirrorCommand {
     /// The mirrored rooms (with the logs found under each) and the mirrored logs: policy,
     /// length, entries and bytes held, peers, last sync.
     List,
-    /// Stop mirroring a log and drop what is held of it; or stop mirroring a room (--topic, or
-    /// --topic-id as listed) and drop the logs mirrored only because it listed them (a log also
-    /// mirrored by key or by another room stays).
+    /// Stop mirroring a log and drop what is held of it (a log a mirrored room lists comes back
+    /// at the room's next check: remove the room instead); or stop mirroring a room (--topic,
+    /// or --topic-id as listed) and drop the logs mirrored only because it listed them (a log
+    /// also mirrored by key or by another room stays).
     Remove {
         #[arg(required_unless_present_any = ["topic", "topic_id"], conflicts_with_all = ["topic", "topic_id"])]
         key: Option<String>,
