@@ -81,9 +81,11 @@ enum Command {
     Dht(transport::DhtCommand),
     /// The store's database: totals, and moving it between SQLite and PostgreSQL.
     Store(store::StoreArgs),
-    /// Inspect, verify, append to, read and sync the signed logs in the store.
+    /// Inspect, verify, append to, read and sync the signed logs in the store; put writer logs
+    /// in rooms (by their discovery topic).
     Log(store::LogArgs),
-    /// Mirror logs by their keys (blind: ciphertext only), list and remove mirrors.
+    /// Mirror logs by their keys or rooms by their topics (blind: ciphertext only), list and
+    /// remove mirrors.
     Mirror(mirror::MirrorArgs),
     /// Put and get encrypted files (a `kithfile1…` ticket carries the key).
     File(file::FileArgs),

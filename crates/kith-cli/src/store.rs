@@ -1,12 +1,14 @@
 //! `kith store stats|migrate` and `kith log list|show|verify`: the store's database, opened
-//! in-process (the store has no service of its own yet). The database is `--store URL`
-//! (`KITH_STORE_URL`), by default `sqlite://<home>/store/store.db`.
+//! in-process. `kith log append|read|sync|tag|untag` go through the store service (the running
+//! one, else one in this process). The database is `--store URL` (`KITH_STORE_URL`), by default
+//! `sqlite://<home>/store/store.db`.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use kith_store::backend::{CopyReport, copy_store};
 use kith_store::log::{LogKey, RangeSet};
+use kith_store::topic::RoomTopic;
 use kith_store::{LogInfo, Store};
 use serde_json::{Value, json};
 
@@ -79,8 +81,13 @@ pub struct LogArgs {
 
 #[derive(clap::Subcommand)]
 pub enum LogCommand {
-    /// Every log: key, length, bytes, held entries, forked.
-    List,
+    /// Every log: key, length, bytes, held entries, forked (with --topic, only the logs held
+    /// under a room's topic).
+    List {
+        /// A room's discovery topic (64 hex, or `-` to read it from stdin).
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+    },
     /// One log: its signed root, held ranges and fork evidence.
     Show {
         /// The log's key (its writer's public key, 64 hex).
@@ -104,13 +111,34 @@ pub enum LogCommand {
         entries: Vec<String>,
     },
     /// Bring a log up to date from the peers announcing it (or `--peer`), once, through the
-    /// store service.
+    /// store service; or, with --topic, every log of a room: the peers announced under the
+    /// room's topic are asked for its logs, then each is synced.
     Sync {
         /// The log's key (64 hex).
-        key: String,
+        #[arg(required_unless_present = "topic", conflicts_with = "topic")]
+        key: Option<String>,
         /// A peer to sync with (64 hex); default: the peers announced under the log's topic.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "topic")]
         peer: Option<String>,
+        /// A room's discovery topic (64 hex, or `-` to read it from stdin).
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+    },
+    /// Put this node's writer log NAME in a room: sign the tag that puts it under the room's
+    /// discovery TOPIC and announce the topic, so peers that prove they know the topic (members,
+    /// the room's mirrors) are given the log.
+    Tag {
+        /// The writer log's name.
+        name: String,
+        /// The room's discovery topic: 64 hex, or `-` to read it from stdin (a secret: stdin
+        /// keeps it out of the process list).
+        topic: String,
+    },
+    /// Take this node's writer log NAME out of a room here (tags handed out before stay valid).
+    Untag {
+        name: String,
+        /// 64 hex, or `-` for stdin.
+        topic: String,
     },
     /// Print entries [START, END) of a log through the store service, one per line (hex with
     /// --hex, else text).
@@ -258,6 +286,21 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 pub(crate) fn parse_peer(text: &str) -> anyhow::Result<[u8; 32]> {
     let key = parse_key(text).with_context(|| format!("peer id {text:?}"))?;
     Ok(*key.as_bytes())
+}
+
+/// A room's discovery topic: 64 hex, or `-` for the first line of stdin. Never echoed (it is a
+/// secret).
+pub(crate) fn parse_topic(text: &str) -> anyhow::Result<RoomTopic> {
+    let topic = if text == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("read the topic from stdin")?;
+        RoomTopic::from_hex(&line)
+    } else {
+        RoomTopic::from_hex(text)
+    };
+    topic.context("topic")
 }
 
 pub(crate) fn parse_key(hex_key: &str) -> anyhow::Result<LogKey> {
@@ -414,14 +457,19 @@ async fn run_log_db(ctx: &Ctx, store_url: &StoreUrl, command: LogCommand) -> any
         LogCommand::Verify { key } => key.as_deref().map(parse_key).transpose()?,
         _ => None,
     };
+    let topic = match &command {
+        LogCommand::List { topic: Some(topic) } => Some(parse_topic(topic)?),
+        _ => None,
+    };
     let store = open_store(ctx, store_url).await?;
-    let result = run_log_on(ctx, &store, command, key).await;
+    let result = run_log_on(ctx, &store, command, key, topic).await;
     store.close().await;
     result
 }
 
 /// `log append` and `log read`: through the store service.
 async fn run_log_service(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
+    let tagging = matches!(args.command, LogCommand::Tag { .. });
     match args.command {
         LogCommand::Append { name, entries } => {
             kith_store::api::check_log_name(&name)?;
@@ -478,7 +526,11 @@ async fn run_log_service(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
                 || entries.iter().map(show).collect::<Vec<_>>().join("\n"),
             );
         }
-        LogCommand::Sync { key, peer } => {
+        LogCommand::Sync {
+            key: Some(key),
+            peer,
+            ..
+        } => {
             let key = parse_key(&key)?;
             let peer = peer.map(|p| parse_peer(&p)).transpose()?;
             let store = crate::store_service::client(ctx, &args.url).await?;
@@ -490,7 +542,72 @@ async fn run_log_service(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
                 )
             });
         }
-        LogCommand::List | LogCommand::Show { .. } | LogCommand::Verify { .. } => {
+        LogCommand::Sync {
+            key: None,
+            topic: Some(topic),
+            ..
+        } => {
+            let topic = parse_topic(&topic)?;
+            let store = crate::store_service::client(ctx, &args.url).await?;
+            let report = store.sync_topic(topic).await?;
+            let value = json!({
+                "topic_id": report.topic.to_string(),
+                "peers_found": report.peers_found,
+                "peers_answered": report.peers_answered,
+                "logs": report.logs.iter().map(|l| json!({
+                    "key": l.key.to_string(),
+                    "length": l.length,
+                    "entries_received": l.entries_received,
+                    "error": l.error,
+                })).collect::<Vec<_>>(),
+            });
+            emit(ctx.json, value, || {
+                let mut out = format!(
+                    "topic {}: {} logs from {} of {} peers",
+                    report.topic,
+                    report.logs.len(),
+                    report.peers_answered,
+                    report.peers_found
+                );
+                for l in &report.logs {
+                    out.push_str(&match &l.error {
+                        None => format!(
+                            "\n  {}  length {}  ({} entries received)",
+                            l.key, l.length, l.entries_received
+                        ),
+                        Some(e) => format!("\n  {}  length {}  not synced: {e}", l.key, l.length),
+                    });
+                }
+                out
+            });
+        }
+        LogCommand::Sync { .. } => unreachable!("clap requires a key or a topic"),
+        LogCommand::Tag { name, topic } | LogCommand::Untag { name, topic } => {
+            kith_store::api::check_log_name(&name)?;
+            let topic = parse_topic(&topic)?;
+            let id = topic.key().id();
+            let store = crate::store_service::client(ctx, &args.url).await?;
+            if tagging {
+                let tagged = store.tag_log(name, topic).await?;
+                let value = json!({
+                    "key": tagged.key.to_string(),
+                    "topics": tagged.topics.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                });
+                emit(ctx.json, value, || {
+                    format!("log {} is under topic {id}", tagged.key)
+                });
+            } else {
+                if !store.untag_log(name.clone(), topic).await? {
+                    anyhow::bail!("log {name:?} is not under topic {id}");
+                }
+                emit(
+                    ctx.json,
+                    json!({ "name": name, "removed_topic": id.to_string() }),
+                    || format!("log {name:?} is no longer under topic {id}"),
+                );
+            }
+        }
+        LogCommand::List { .. } | LogCommand::Show { .. } | LogCommand::Verify { .. } => {
             run_log_db(ctx, &args.url, args.command).await?;
         }
     }
@@ -502,11 +619,22 @@ async fn run_log_on(
     store: &Store,
     command: LogCommand,
     key: Option<LogKey>,
+    topic: Option<RoomTopic>,
 ) -> anyhow::Result<()> {
     match command {
-        LogCommand::List => {
+        LogCommand::List { .. } => {
+            let infos = match &topic {
+                None => store.list_logs().await?,
+                Some(topic) => {
+                    let mut infos = Vec::new();
+                    for tag in store.topic_tags(&topic.key().id()).await? {
+                        infos.push(store.log_info(&tag.key).await?);
+                    }
+                    infos
+                }
+            };
             let mut logs = Vec::new();
-            for info in store.list_logs().await? {
+            for info in infos {
                 let held = store.held(&info.key).await?;
                 logs.push((info, held));
             }
@@ -609,8 +737,12 @@ async fn run_log_on(
                 anyhow::bail!("log {key} failed verification{others}: {error}");
             }
         }
-        LogCommand::Append { .. } | LogCommand::Read { .. } | LogCommand::Sync { .. } => {
-            unreachable!("append and read go through the store service (run_log_service)")
+        LogCommand::Append { .. }
+        | LogCommand::Read { .. }
+        | LogCommand::Sync { .. }
+        | LogCommand::Tag { .. }
+        | LogCommand::Untag { .. } => {
+            unreachable!("these go through the store service (run_log_service)")
         }
     }
     Ok(())

@@ -18,7 +18,8 @@ use crate::files::{FetchProgress, FileId, FileInfo};
 use crate::log::LogKey;
 use crate::mailbox::{Deposited, MailboxKey, Record};
 use crate::net::PeerId;
-use crate::replicate::{MirrorInfo, MirrorPolicy, SyncReport};
+use crate::replicate::{MirrorInfo, MirrorPolicy, SyncReport, TopicMirrorInfo, TopicSyncReport};
+use crate::topic::{RoomTopic, TopicId};
 
 kith_service::service_error! {
     /// Everything a store API call can fail with, for local and remote callers alike.
@@ -68,7 +69,8 @@ impl From<StoreError> for ApiError {
             StoreError::Io(_) => ApiError::Internal(message),
             StoreError::EntryTooLarge { .. }
             | StoreError::BatchTooLarge { .. }
-            | StoreError::MailboxFull(_) => ApiError::Full(message),
+            | StoreError::MailboxFull(_)
+            | StoreError::TopicLimit(_) => ApiError::Full(message),
             StoreError::Forked { .. } => ApiError::Forked(message),
             StoreError::Remote { ref reason, .. } => match reason.as_str() {
                 "mailbox_full" | "entry_too_large" | "batch_too_large" => ApiError::Full(message),
@@ -134,6 +136,13 @@ pub struct FetchUpdate {
     pub done: Option<FileInfo>,
 }
 
+/// A log and the room topics it carries (by id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogTopics {
+    pub key: LogKey,
+    pub topics: Vec<TopicId>,
+}
+
 /// The updates of a fetch.
 pub type FetchStream = Pin<Box<dyn Stream<Item = Result<FetchUpdate>> + Send>>;
 
@@ -171,6 +180,31 @@ pub trait StoreApi: Send + Sync + 'static {
     /// Stops mirroring a log and drops what is held of it; `false` if it was not mirrored.
     async fn remove_mirror(&self, key: LogKey) -> Result<bool>;
     async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>>;
+
+    /// Puts this node's writer log `name` in a room: signs the tag that puts it under the
+    /// room's `topic`, keeps it, and announces the topic, so peers that prove they know the
+    /// topic are given the log. Answers the log's topics afterwards.
+    async fn tag_log(&self, name: String, topic: RoomTopic) -> Result<LogTopics>;
+    /// Takes writer log `name` out of `topic` here; `false` if it did not carry it. (Tags
+    /// handed out before stay valid: a tag cannot be withdrawn.)
+    async fn untag_log(&self, name: String, topic: RoomTopic) -> Result<bool>;
+    /// The logs held under `topic` (own, mirrored or synced), ordered by key.
+    async fn topic_logs(&self, topic: RoomTopic) -> Result<Vec<LogInfo>>;
+    /// Brings every log of a room up to date once, knowing only its topic: asks the peers
+    /// announced under it for its logs, then syncs each.
+    async fn sync_topic(&self, topic: RoomTopic) -> Result<TopicSyncReport>;
+    /// Mirrors a room by its topic alone: finds its logs, mirrors each within `policy` (the
+    /// quota applies per log), answers and announces for the topic, and keeps asking for logs
+    /// of new members.
+    async fn add_topic_mirror(
+        &self,
+        topic: RoomTopic,
+        policy: MirrorPolicy,
+    ) -> Result<TopicMirrorInfo>;
+    /// Stops mirroring a topic (by id, as listed) and drops the logs mirrored only because it
+    /// listed them; `false` if it was not mirrored.
+    async fn remove_topic_mirror(&self, id: TopicId) -> Result<bool>;
+    async fn list_topic_mirrors(&self) -> Result<Vec<TopicMirrorInfo>>;
 
     /// Stores a file's ciphertext (the caller encrypted it), streamed in order; answers once
     /// it is all durable.

@@ -94,6 +94,10 @@ pub enum StoreError {
     #[error("mailbox: {0}")]
     MailboxFull(String),
 
+    /// A log carries the most topics it may, or a topic lists the most logs it may.
+    #[error("topic: {0}")]
+    TopicLimit(String),
+
     /// A peer refused a request: its stable reason (as [`StoreError::reason`]) and message.
     #[error("peer refused: {message}")]
     Remote { reason: String, message: String },
@@ -151,6 +155,7 @@ impl StoreError {
             StoreError::Network(_) => "network",
             StoreError::Protocol(_) => "protocol",
             StoreError::MailboxFull(_) => "mailbox_full",
+            StoreError::TopicLimit(_) => "topic_limit",
             StoreError::Remote { .. } => "remote",
             StoreError::FileNotFound { .. } => "file_not_found",
             StoreError::BlockNotHeld { .. } => "block_not_held",

@@ -18,7 +18,10 @@ use crate::files::{FetchProgress, FileId, FileInfo};
 use crate::log::{LogKey, SignedRoot};
 use crate::mailbox::{Deposited, MailboxKey, Record};
 use crate::net::PeerId;
-use crate::replicate::{MirrorInfo, MirrorPolicy, SyncReport};
+use crate::replicate::{
+    MirrorInfo, MirrorPolicy, SyncReport, TopicLogSync, TopicMirrorInfo, TopicSyncReport,
+};
+use crate::topic::{RoomTopic, TopicId};
 
 /// Serves `api` as the `kith.store.v1.Store` gRPC service.
 pub fn grpc_service(api: Arc<dyn StoreApi>) -> StoreServer<StoreGrpc> {
@@ -52,6 +55,132 @@ fn peer_from_wire(bytes: &[u8], field: &str) -> Result<Option<PeerId>> {
     let key = LogKey::from_slice(bytes)
         .map_err(|e| ApiError::InvalidArgument(format!("{field}: not a peer id: {e}")))?;
     Ok(Some(*key.as_bytes()))
+}
+
+fn topic_from_wire(bytes: &[u8], field: &str) -> Result<RoomTopic> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| ApiError::InvalidArgument(format!("{field}: a topic is 32 bytes")))?;
+    Ok(RoomTopic::from_bytes(bytes))
+}
+
+fn topic_id_from_wire(bytes: &[u8], field: &str) -> Result<TopicId> {
+    Ok(TopicId(id_from_wire(bytes, field)?))
+}
+
+fn topic_to_wire(topic: &RoomTopic) -> Bytes {
+    Bytes::copy_from_slice(topic.as_bytes())
+}
+
+fn keys_from_wire(keys: &[Bytes], field: &str) -> Result<Vec<LogKey>> {
+    keys.iter().map(|k| key_from_wire(k, field)).collect()
+}
+
+fn topic_ids_from_wire(ids: &[Bytes], field: &str) -> Result<Vec<TopicId>> {
+    ids.iter().map(|id| topic_id_from_wire(id, field)).collect()
+}
+
+impl From<&LogTopics> for pb::LogTopics {
+    fn from(t: &LogTopics) -> Self {
+        pb::LogTopics {
+            key: Bytes::copy_from_slice(t.key.as_bytes()),
+            topics: t
+                .topics
+                .iter()
+                .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::LogTopics> for LogTopics {
+    type Error = ApiError;
+    fn try_from(t: pb::LogTopics) -> Result<Self> {
+        Ok(LogTopics {
+            key: key_from_wire(&t.key, "key")?,
+            topics: topic_ids_from_wire(&t.topics, "topics")?,
+        })
+    }
+}
+
+impl From<&TopicMirrorInfo> for pb::TopicMirrorInfo {
+    fn from(t: &TopicMirrorInfo) -> Self {
+        pb::TopicMirrorInfo {
+            topic_id: Bytes::copy_from_slice(t.id.as_bytes()),
+            quota_bytes: t.policy.quota_bytes.unwrap_or(0),
+            priority: t.policy.priority,
+            logs: t
+                .logs
+                .iter()
+                .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+                .collect(),
+            peers_seen: t.peers_seen,
+            added_ms: t.added_ms,
+            last_check_ms: t.last_check_ms.unwrap_or(0),
+        }
+    }
+}
+
+impl TryFrom<pb::TopicMirrorInfo> for TopicMirrorInfo {
+    type Error = ApiError;
+    fn try_from(t: pb::TopicMirrorInfo) -> Result<Self> {
+        Ok(TopicMirrorInfo {
+            id: topic_id_from_wire(&t.topic_id, "topic_id")?,
+            policy: MirrorPolicy {
+                quota_bytes: (t.quota_bytes != 0).then_some(t.quota_bytes),
+                priority: t.priority,
+            },
+            logs: keys_from_wire(&t.logs, "logs")?,
+            peers_seen: t.peers_seen,
+            added_ms: t.added_ms,
+            last_check_ms: (t.last_check_ms != 0).then_some(t.last_check_ms),
+        })
+    }
+}
+
+impl From<&TopicSyncReport> for pb::SyncTopicResponse {
+    fn from(r: &TopicSyncReport) -> Self {
+        pb::SyncTopicResponse {
+            topic_id: Bytes::copy_from_slice(r.topic.as_bytes()),
+            peers_found: r.peers_found as u64,
+            peers_answered: r.peers_answered as u64,
+            logs: r
+                .logs
+                .iter()
+                .map(|l| pb::TopicLogSync {
+                    key: Bytes::copy_from_slice(l.key.as_bytes()),
+                    length: l.length,
+                    entries_received: l.entries_received,
+                    error: l.error.clone().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl TryFrom<pb::SyncTopicResponse> for TopicSyncReport {
+    type Error = ApiError;
+    fn try_from(r: pb::SyncTopicResponse) -> Result<Self> {
+        Ok(TopicSyncReport {
+            topic: topic_id_from_wire(&r.topic_id, "topic_id")?,
+            peers_found: usize::try_from(r.peers_found)
+                .map_err(|_| ApiError::InvalidArgument("peers_found".into()))?,
+            peers_answered: usize::try_from(r.peers_answered)
+                .map_err(|_| ApiError::InvalidArgument("peers_answered".into()))?,
+            logs: r
+                .logs
+                .into_iter()
+                .map(|l| {
+                    Ok(TopicLogSync {
+                        key: key_from_wire(&l.key, "logs.key")?,
+                        length: l.length,
+                        entries_received: l.entries_received,
+                        error: (!l.error.is_empty()).then_some(l.error),
+                    })
+                })
+                .collect::<Result<_>>()?,
+        })
+    }
 }
 
 fn id_from_wire(bytes: &[u8], field: &str) -> Result<[u8; 32]> {
@@ -155,6 +284,12 @@ impl From<&MirrorInfo> for pb::MirrorInfo {
             peers_seen: m.peers_seen,
             last_sync_ms: m.last_sync_ms.unwrap_or(0),
             forked: m.forked,
+            by_key: m.by_key,
+            topics: m
+                .topics
+                .iter()
+                .map(|id| Bytes::copy_from_slice(id.as_bytes()))
+                .collect(),
         }
     }
 }
@@ -175,6 +310,8 @@ impl TryFrom<pb::MirrorInfo> for MirrorInfo {
             peers_seen: m.peers_seen,
             last_sync_ms: (m.last_sync_ms != 0).then_some(m.last_sync_ms),
             forked: m.forked,
+            by_key: m.by_key,
+            topics: topic_ids_from_wire(&m.topics, "mirror.topics")?,
         })
     }
 }
@@ -235,6 +372,83 @@ impl StoreRpc for StoreGrpc {
     ) -> Result<Response<pb::ListMirrorsResponse>, Status> {
         let mirrors = self.api.list_mirrors().await.map_err(status)?;
         Ok(Response::new(pb::ListMirrorsResponse {
+            mirrors: mirrors.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn tag_log(
+        &self,
+        request: Request<pb::TagLogRequest>,
+    ) -> Result<Response<pb::LogTopics>, Status> {
+        let r = request.into_inner();
+        let topic = topic_from_wire(&r.topic, "topic").map_err(status)?;
+        let tagged = self.api.tag_log(r.name, topic).await.map_err(status)?;
+        Ok(Response::new((&tagged).into()))
+    }
+
+    async fn untag_log(
+        &self,
+        request: Request<pb::TagLogRequest>,
+    ) -> Result<Response<pb::UntagLogResponse>, Status> {
+        let r = request.into_inner();
+        let topic = topic_from_wire(&r.topic, "topic").map_err(status)?;
+        let removed = self.api.untag_log(r.name, topic).await.map_err(status)?;
+        Ok(Response::new(pb::UntagLogResponse { removed }))
+    }
+
+    async fn topic_logs(
+        &self,
+        request: Request<pb::TopicLogsRequest>,
+    ) -> Result<Response<pb::ListLogsResponse>, Status> {
+        let topic = topic_from_wire(&request.into_inner().topic, "topic").map_err(status)?;
+        let logs = self.api.topic_logs(topic).await.map_err(status)?;
+        Ok(Response::new(pb::ListLogsResponse {
+            logs: logs.iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn sync_topic(
+        &self,
+        request: Request<pb::SyncTopicRequest>,
+    ) -> Result<Response<pb::SyncTopicResponse>, Status> {
+        let topic = topic_from_wire(&request.into_inner().topic, "topic").map_err(status)?;
+        let report = self.api.sync_topic(topic).await.map_err(status)?;
+        Ok(Response::new((&report).into()))
+    }
+
+    async fn add_topic_mirror(
+        &self,
+        request: Request<pb::AddTopicMirrorRequest>,
+    ) -> Result<Response<pb::TopicMirrorInfo>, Status> {
+        let r = request.into_inner();
+        let topic = topic_from_wire(&r.topic, "topic").map_err(status)?;
+        let policy = MirrorPolicy {
+            quota_bytes: (r.quota_bytes != 0).then_some(r.quota_bytes),
+            priority: r.priority,
+        };
+        let info = self
+            .api
+            .add_topic_mirror(topic, policy)
+            .await
+            .map_err(status)?;
+        Ok(Response::new((&info).into()))
+    }
+
+    async fn remove_topic_mirror(
+        &self,
+        request: Request<pb::RemoveTopicMirrorRequest>,
+    ) -> Result<Response<pb::RemoveMirrorResponse>, Status> {
+        let id = topic_id_from_wire(&request.into_inner().topic_id, "topic_id").map_err(status)?;
+        let removed = self.api.remove_topic_mirror(id).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveMirrorResponse { removed }))
+    }
+
+    async fn list_topic_mirrors(
+        &self,
+        _: Request<pb::ListTopicMirrorsRequest>,
+    ) -> Result<Response<pb::ListTopicMirrorsResponse>, Status> {
+        let mirrors = self.api.list_topic_mirrors().await.map_err(status)?;
+        Ok(Response::new(pb::ListTopicMirrorsResponse {
             mirrors: mirrors.iter().map(Into::into).collect(),
         }))
     }
@@ -660,6 +874,90 @@ impl StoreApi for RemoteStore {
     async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>> {
         self.call(pb::ListMirrorsRequest {}, |mut c, r| async move {
             c.list_mirrors(r).await
+        })
+        .await?
+        .mirrors
+        .into_iter()
+        .map(TryInto::try_into)
+        .collect()
+    }
+
+    async fn tag_log(&self, name: String, topic: RoomTopic) -> Result<LogTopics> {
+        let request = pb::TagLogRequest {
+            name,
+            topic: topic_to_wire(&topic),
+        };
+        self.call(request, |mut c, r| async move { c.tag_log(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn untag_log(&self, name: String, topic: RoomTopic) -> Result<bool> {
+        let request = pb::TagLogRequest {
+            name,
+            topic: topic_to_wire(&topic),
+        };
+        Ok(self
+            .call(request, |mut c, r| async move { c.untag_log(r).await })
+            .await?
+            .removed)
+    }
+
+    async fn topic_logs(&self, topic: RoomTopic) -> Result<Vec<LogInfo>> {
+        let request = pb::TopicLogsRequest {
+            topic: topic_to_wire(&topic),
+        };
+        self.call(request, |mut c, r| async move { c.topic_logs(r).await })
+            .await?
+            .logs
+            .into_iter()
+            .map(TryInto::try_into)
+            .collect()
+    }
+
+    async fn sync_topic(&self, topic: RoomTopic) -> Result<TopicSyncReport> {
+        let request = pb::SyncTopicRequest {
+            topic: topic_to_wire(&topic),
+        };
+        self.call(request, |mut c, r| async move { c.sync_topic(r).await })
+            .await?
+            .try_into()
+    }
+
+    async fn add_topic_mirror(
+        &self,
+        topic: RoomTopic,
+        policy: MirrorPolicy,
+    ) -> Result<TopicMirrorInfo> {
+        let request = pb::AddTopicMirrorRequest {
+            topic: topic_to_wire(&topic),
+            quota_bytes: policy.quota_bytes.unwrap_or(0),
+            priority: policy.priority,
+        };
+        self.call(
+            request,
+            |mut c, r| async move { c.add_topic_mirror(r).await },
+        )
+        .await?
+        .try_into()
+    }
+
+    async fn remove_topic_mirror(&self, id: TopicId) -> Result<bool> {
+        let request = pb::RemoveTopicMirrorRequest {
+            topic_id: Bytes::copy_from_slice(id.as_bytes()),
+        };
+        Ok(self
+            .call(
+                request,
+                |mut c, r| async move { c.remove_topic_mirror(r).await },
+            )
+            .await?
+            .removed)
+    }
+
+    async fn list_topic_mirrors(&self) -> Result<Vec<TopicMirrorInfo>> {
+        self.call(pb::ListTopicMirrorsRequest {}, |mut c, r| async move {
+            c.list_topic_mirrors(r).await
         })
         .await?
         .mirrors

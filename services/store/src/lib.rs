@@ -33,6 +33,9 @@
 //!   messages; [`replicate::session`]: one symmetric, pipelined session), and the
 //!   [`replicate::Replicator`] a node runs: serving, syncing and following logs by their DHT
 //!   topics, and blind mirrors within quotas.
+//! - [`topic`]: rooms' discovery topics — what is derived from a room's secret topic (never
+//!   stored or sent itself): its key, public id, DHT key and capabilities, and the writers'
+//!   signed tags putting logs in a room. Replication finds, serves and mirrors logs by topic.
 //! - [`api`], [`service`], [`grpc`], [`daemon`]: the service — [`StoreApi`] in-process
 //!   ([`StoreService`]: writer logs signed with the identity's delegated keys through
 //!   [`NodeKeys`], mailboxes served on the network) and over gRPC (`kith.store.v1.Store`), and
@@ -52,6 +55,7 @@ pub mod replicate;
 pub mod service;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod topic;
 
 pub use api::{ApiError, StoreApi, StoreClient};
 pub use backend::{LogInfo, LogUpdate, PutOutcome, Stats, Store};

@@ -62,6 +62,14 @@ pub fn log_topic(key: &crate::log::LogKey) -> Topic {
     blake3::derive_key("kith-store log topic v1", key.as_bytes())
 }
 
+/// The DHT topic under which holders of a room's logs announce themselves: derived from what the
+/// store keeps of the room's discovery topic ([`crate::topic::TopicKey`], itself one-way derived
+/// from the topic) under a context of its own, so the DHT sees neither the topic nor anything
+/// that proves knowledge of it.
+pub fn room_topic(topic: &crate::topic::TopicKey) -> Topic {
+    blake3::derive_key("kith-store room topic v1", topic.as_bytes())
+}
+
 /// The DHT topic under which holders of a file announce themselves (a keyed hash of its id).
 pub fn file_topic(id: &crate::files::FileId) -> Topic {
     blake3::derive_key("kith-store file topic v1", id.as_bytes())

@@ -29,7 +29,11 @@ use crate::files::{self, BLOCK_BYTES, FetchProgress, FileId, FileInfo};
 use crate::log::{Ed25519Signer, LogKey, MAX_BATCH_ENTRIES};
 use crate::mailbox::{self, Deposited, MAILBOX_ALPN, MailboxKey};
 use crate::net::{Network, PeerId, file_topic};
-use crate::replicate::{self, MirrorInfo, MirrorPolicy, Replicator, ReplicatorConfig, SyncReport};
+use crate::replicate::{
+    self, MirrorInfo, MirrorPolicy, Replicator, ReplicatorConfig, SyncReport, TopicMirrorInfo,
+    TopicSyncReport,
+};
+use crate::topic::{RoomTopic, TopicId, TopicTag};
 
 /// Where the store gets its keys: the identity service's delegated keys, by scope.
 #[async_trait]
@@ -422,35 +426,75 @@ impl StoreApi for StoreService {
     }
 
     async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>> {
-        match &self.replicator {
-            Some(replicator) => Ok(replicator.list_mirrors().await?),
-            // Without a network nothing is replicated now; the mirrors kept are listed with
-            // what is held of them (no peers seen, no sync in this run).
-            None => {
-                let rows = self.store.mirrors().await?;
-                let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
-                let bytes = self.store.entry_bytes(&keys).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for m in rows {
-                    let log = self.store.log_info(&m.key).await?;
-                    out.push(MirrorInfo {
-                        key: m.key,
-                        policy: MirrorPolicy {
-                            quota_bytes: m.quota_bytes,
-                            priority: m.priority,
-                        },
-                        length: log.length,
-                        held_entries: log.held_entries,
-                        bytes_held: bytes.get(&m.key).copied().unwrap_or(0),
-                        evicted_below: m.evicted_below,
-                        peers_seen: 0,
-                        last_sync_ms: None,
-                        forked: log.forked,
-                    });
-                }
-                Ok(out)
-            }
+        // Without a network nothing is replicated now; the mirrors kept are listed with what is
+        // held of them (no peers seen, no sync in this run).
+        let inner = self.replicator.as_ref().map(|r| r.inner());
+        Ok(replicate::list_mirrors(&self.store, inner).await?)
+    }
+
+    async fn tag_log(&self, name: String, topic: RoomTopic) -> Result<LogTopics> {
+        let signer = self.writer(&name).await?;
+        let key = signer.log_key();
+        let topic = topic.key();
+        let tag = TopicTag::sign(&signer, &topic.id());
+        self.store.create_log(&key).await?;
+        if self.store.tag_log(&topic, &tag, true).await? {
+            tracing::info!(log = %key, topic = %topic.id(), "log put under a topic");
         }
+        if let Some(replicator) = &self.replicator {
+            replicator.announce_topic(&topic).await;
+        }
+        let topics = self.store.log_topics(&key).await?;
+        Ok(LogTopics {
+            key,
+            topics: topics.into_iter().map(|(id, _)| id).collect(),
+        })
+    }
+
+    async fn untag_log(&self, name: String, topic: RoomTopic) -> Result<bool> {
+        let signer = self.writer(&name).await?;
+        Ok(self
+            .store
+            .untag_log(&signer.log_key(), &topic.key().id())
+            .await?)
+    }
+
+    async fn topic_logs(&self, topic: RoomTopic) -> Result<Vec<LogInfo>> {
+        let mut out = Vec::new();
+        for tag in self.store.topic_tags(&topic.key().id()).await? {
+            out.push(self.store.log_info(&tag.key).await?);
+        }
+        Ok(out)
+    }
+
+    async fn sync_topic(&self, topic: RoomTopic) -> Result<TopicSyncReport> {
+        Ok(self
+            .replicator_for("syncing a topic")?
+            .sync_topic(&topic.key())
+            .await?)
+    }
+
+    async fn add_topic_mirror(
+        &self,
+        topic: RoomTopic,
+        policy: MirrorPolicy,
+    ) -> Result<TopicMirrorInfo> {
+        Ok(self
+            .replicator_for("mirroring")?
+            .add_topic_mirror(&topic.key(), policy)
+            .await?)
+    }
+
+    async fn remove_topic_mirror(&self, id: TopicId) -> Result<bool> {
+        Ok(self
+            .replicator_for("mirroring")?
+            .remove_topic_mirror(&id)
+            .await?)
+    }
+
+    async fn list_topic_mirrors(&self) -> Result<Vec<TopicMirrorInfo>> {
+        let inner = self.replicator.as_ref().map(|r| r.inner());
+        Ok(replicate::list_topic_mirrors(&self.store, inner).await?)
     }
 
     async fn put_file(&self, ciphertext: DataStream) -> Result<FileInfo> {

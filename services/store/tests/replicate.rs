@@ -11,9 +11,10 @@ use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use common::TestDb;
 use kith_store::log::{Ed25519Signer, LogKey, RangeSet, RootSigner};
-use kith_store::net::{MemoryNetwork, PeerChannel, PeerId};
+use kith_store::net::{MemoryNetwork, Network, PeerChannel, PeerId};
 use kith_store::replicate::wire::{self, Message, capability};
 use kith_store::replicate::{MirrorPolicy, Replicator, ReplicatorConfig, discovery_id};
+use kith_store::topic::{Direction, RoomTopic, TopicId, TopicKey, TopicTag};
 use kith_store::{Store, StoreError};
 use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, ReadBuf};
 
@@ -1234,4 +1235,550 @@ async fn a_peer_with_too_many_requests_outstanding_is_cut_off() {
         "{result:?}"
     );
     assert_eq!(server.repl.stats().protocol_errors, 1);
+}
+
+// Rooms' discovery topics.
+
+/// A room's topic, known to its members (and to the mirrors they ask to keep the room).
+fn room(seed: u8) -> TopicKey {
+    RoomTopic::from_bytes([seed; 32]).key()
+}
+
+/// The writer of `signer`'s log puts it in the room.
+async fn tag(store: &Store, signer: &Ed25519Signer, topic: &TopicKey) {
+    let tag = TopicTag::sign(signer, &topic.id());
+    store.create_log(&signer.log_key()).await.unwrap();
+    assert!(store.tag_log(topic, &tag, true).await.unwrap());
+}
+
+async fn holds(store: &Store, key: &LogKey, entries: u64) -> bool {
+    store
+        .log_info(key)
+        .await
+        .is_ok_and(|i| i.length == entries && i.held_entries == entries)
+}
+
+#[tokio::test]
+async fn a_topic_mirror_finds_a_rooms_logs_serves_them_and_follows_new_members() {
+    for dbs in dbs(5).await {
+        let hub = MemoryNetwork::new([0; 32]);
+        let wa = Node::new(&dbs[0], &hub, 1, config()).await;
+        let wb = Node::new(&dbs[1], &hub, 2, config()).await;
+        let mirror = Node::new(&dbs[2], &hub, 3, config()).await;
+        let reader = Node::new(&dbs[3], &hub, 4, config()).await;
+        let late = Node::new(&dbs[4], &hub, 5, config()).await;
+        let topic = room(40);
+        let (sa, sb, sc) = (
+            Ed25519Signer::from_seed([41; 32]),
+            Ed25519Signer::from_seed([42; 32]),
+            Ed25519Signer::from_seed([43; 32]),
+        );
+        // Two members' writer logs in the room, and a log outside it.
+        append(&wa.store, &sa, 41, 0, 300).await;
+        append(&wb.store, &sb, 42, 0, 200).await;
+        tag(&wa.store, &sa, &topic).await;
+        tag(&wb.store, &sb, &topic).await;
+        let outside = Ed25519Signer::from_seed([44; 32]);
+        append(&wa.store, &outside, 44, 0, 10).await;
+        wa.repl.start().await.unwrap();
+        wb.repl.start().await.unwrap();
+
+        // The mirror is given the topic and nothing else.
+        mirror.repl.start().await.unwrap();
+        let policy = MirrorPolicy {
+            quota_bytes: Some(1 << 30),
+            priority: 2,
+        };
+        mirror.repl.add_topic_mirror(&topic, policy).await.unwrap();
+        let store = mirror.store.clone();
+        wait_for("both members' logs mirrored", async || {
+            holds(&store, &sa.log_key(), 300).await && holds(&store, &sb.log_key(), 200).await
+        })
+        .await;
+        mirror.store.verify_log(&sa.log_key()).await.unwrap();
+        same_entries(&wa.store, &mirror.store, &sa.log_key()).await;
+        same_entries(&wb.store, &mirror.store, &sb.log_key()).await;
+        assert!(
+            mirror.store.log_info(&outside.log_key()).await.is_err(),
+            "a log outside the room is not mirrored ({})",
+            dbs[0].name
+        );
+        let mut members = vec![sa.log_key(), sb.log_key()];
+        members.sort();
+        let topics = mirror.repl.list_topic_mirrors().await.unwrap();
+        assert_eq!(topics.len(), 1);
+        assert_eq!((topics[0].id, topics[0].policy), (topic.id(), policy));
+        assert_eq!(topics[0].logs, members);
+        assert!(topics[0].peers_seen >= 2);
+        assert!(topics[0].last_check_ms.is_some());
+        // Each found log is a mirror of its own, under the topic's policy.
+        let logs = mirror.repl.list_mirrors().await.unwrap();
+        assert_eq!(logs.len(), 2);
+        for m in &logs {
+            assert_eq!((m.policy, m.by_key), (policy, false));
+            assert_eq!(m.topics, vec![topic.id()]);
+        }
+
+        // Every writer goes offline; a reader knowing only the topic catches both logs up from
+        // the mirror, which answers for the topic and announces it itself.
+        wa.net.set_offline(wa.peer, true);
+        wb.net.set_offline(wb.peer, true);
+        let report = reader.repl.sync_topic(&topic).await.unwrap();
+        assert_eq!(report.peers_answered, 1, "{report:?}");
+        let got: Vec<_> = report.logs.iter().map(|l| (l.key, l.length)).collect();
+        let mut want = vec![(sa.log_key(), 300), (sb.log_key(), 200)];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(report.logs.iter().all(|l| l.error.is_none()));
+        reader.store.verify_log(&sa.log_key()).await.unwrap();
+        same_entries(&wa.store, &reader.store, &sa.log_key()).await;
+        same_entries(&wb.store, &reader.store, &sb.log_key()).await;
+        // The reader keeps the writers' tags: it lists the room's logs too.
+        let tags = reader.store.topic_tags(&topic.id()).await.unwrap();
+        assert_eq!(tags.iter().map(|t| t.key).collect::<Vec<_>>(), members);
+
+        // A new member joins while the others are offline: the mirror finds its log.
+        append(&late.store, &sc, 43, 0, 50).await;
+        tag(&late.store, &sc, &topic).await;
+        late.repl.start().await.unwrap();
+        wait_for("the new member's log mirrored", async || {
+            holds(&store, &sc.log_key(), 50).await
+        })
+        .await;
+        // And follows its appends.
+        append(&late.store, &sc, 43, 50, 80).await;
+        wait_for("the new member's appends mirrored", async || {
+            holds(&store, &sc.log_key(), 80).await
+        })
+        .await;
+        assert_eq!(
+            mirror.repl.list_topic_mirrors().await.unwrap()[0]
+                .logs
+                .len(),
+            3
+        );
+        for n in [&wa, &wb, &mirror, &reader, &late] {
+            n.repl.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_topic_mirror_persists_across_restart_and_finds_members_that_join_later() {
+    for dbs in dbs(3).await {
+        let hub = MemoryNetwork::new([0; 32]);
+        let wa = Node::new(&dbs[0], &hub, 1, config()).await;
+        let wb = Node::new(&dbs[1], &hub, 2, config()).await;
+        let topic = room(50);
+        let (sa, sb) = (
+            Ed25519Signer::from_seed([51; 32]),
+            Ed25519Signer::from_seed([52; 32]),
+        );
+        append(&wa.store, &sa, 51, 0, 100).await;
+        tag(&wa.store, &sa, &topic).await;
+        wa.repl.start().await.unwrap();
+        let policy = MirrorPolicy {
+            quota_bytes: None,
+            priority: -1,
+        };
+        {
+            let mirror = Node::new(&dbs[2], &hub, 3, config()).await;
+            mirror.repl.start().await.unwrap();
+            mirror.repl.add_topic_mirror(&topic, policy).await.unwrap();
+            let store = mirror.store.clone();
+            wait_for("mirrored", async || holds(&store, &sa.log_key(), 100).await).await;
+            mirror.repl.shutdown().await;
+            mirror.store.close().await;
+        }
+        // Restarted: the topic mirror is still there, with its policy and the log it found.
+        let mirror = Node::new(&dbs[2], &hub, 3, config()).await;
+        let listed = mirror.repl.list_topic_mirrors().await.unwrap();
+        assert_eq!(listed.len(), 1, "{}", dbs[0].name);
+        assert_eq!(
+            (listed[0].id, listed[0].policy, listed[0].logs.clone()),
+            (topic.id(), policy, vec![sa.log_key()])
+        );
+        mirror.repl.start().await.unwrap();
+        // It still follows the log it found, and finds a member that joins after the restart.
+        append(&wa.store, &sa, 51, 100, 120).await;
+        append(&wb.store, &sb, 52, 0, 70).await;
+        tag(&wb.store, &sb, &topic).await;
+        wb.repl.start().await.unwrap();
+        let store = mirror.store.clone();
+        wait_for("following after restart", async || {
+            holds(&store, &sa.log_key(), 120).await && holds(&store, &sb.log_key(), 70).await
+        })
+        .await;
+        let found = mirror.repl.list_mirrors().await.unwrap();
+        assert!(found.iter().all(|m| m.policy == policy && !m.by_key));
+        for n in [&wa, &wb, &mirror] {
+            n.repl.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn removing_a_topic_mirror_drops_only_what_it_alone_mirrored() {
+    for dbs in dbs(4).await {
+        let hub = MemoryNetwork::new([0; 32]);
+        let wa = Node::new(&dbs[0], &hub, 1, config()).await;
+        let wb = Node::new(&dbs[1], &hub, 2, config()).await;
+        let mirror = Node::new(&dbs[2], &hub, 3, config()).await;
+        let asker = Node::new(&dbs[3], &hub, 4, config()).await;
+        let topic = room(60);
+        let (sa, sb) = (
+            Ed25519Signer::from_seed([61; 32]),
+            Ed25519Signer::from_seed([62; 32]),
+        );
+        append(&wa.store, &sa, 61, 0, 20).await;
+        append(&wb.store, &sb, 62, 0, 20).await;
+        tag(&wa.store, &sa, &topic).await;
+        tag(&wb.store, &sb, &topic).await;
+        wa.repl.start().await.unwrap();
+        wb.repl.start().await.unwrap();
+        mirror.repl.start().await.unwrap();
+        mirror
+            .repl
+            .add_topic_mirror(&topic, MirrorPolicy::default())
+            .await
+            .unwrap();
+        let store = mirror.store.clone();
+        wait_for("mirrored", async || {
+            holds(&store, &sa.log_key(), 20).await && holds(&store, &sb.log_key(), 20).await
+        })
+        .await;
+        // A is also mirrored by key (its policy is now its own).
+        let by_key = MirrorPolicy {
+            quota_bytes: Some(1 << 20),
+            priority: 7,
+        };
+        let a = mirror.repl.add_mirror(sa.log_key(), by_key).await.unwrap();
+        assert!(a.by_key);
+        assert_eq!(a.topics, vec![topic.id()]);
+        // Changing the topic mirror's policy moves B's (found by the topic only), not A's.
+        let newer = MirrorPolicy {
+            quota_bytes: Some(1 << 21),
+            priority: 3,
+        };
+        mirror.repl.add_topic_mirror(&topic, newer).await.unwrap();
+        let listed = mirror.repl.list_mirrors().await.unwrap();
+        let policy_of = |k: LogKey| listed.iter().find(|m| m.key == k).unwrap().policy;
+        assert_eq!(policy_of(sa.log_key()), by_key, "{}", dbs[0].name);
+        assert_eq!(policy_of(sb.log_key()), newer);
+
+        assert!(mirror.repl.remove_topic_mirror(&topic.id()).await.unwrap());
+        assert!(!mirror.repl.remove_topic_mirror(&topic.id()).await.unwrap());
+        // B went with everything held of it; A stays, mirrored by key, out of the room here.
+        assert!(mirror.store.log_info(&sb.log_key()).await.is_err());
+        assert!(holds(&mirror.store, &sa.log_key(), 20).await);
+        let left = mirror.repl.list_mirrors().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!((left[0].key, left[0].by_key), (sa.log_key(), true));
+        assert!(left[0].topics.is_empty());
+        assert!(mirror.repl.list_topic_mirrors().await.unwrap().is_empty());
+        assert!(
+            mirror
+                .store
+                .log_topics(&sa.log_key())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The mirror forgot the topic: it no longer answers for it.
+        assert!(mirror.store.topic(&topic.id()).await.unwrap().is_none());
+        let (ours, theirs) = pipe(asker.peer, mirror.peer, None);
+        let serving = tokio::spawn({
+            let repl = mirror.repl.clone();
+            async move { repl.handle(theirs).await }
+        });
+        assert_eq!(asker.repl.query_topic(ours, &topic).await.unwrap(), None);
+        serving.await.unwrap().unwrap();
+        // And it stays gone: nothing comes back while the writers go on.
+        append(&wb.store, &sb, 62, 20, 25).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(mirror.store.log_info(&sb.log_key()).await.is_err());
+        for n in [&wa, &wb, &mirror] {
+            n.repl.shutdown().await;
+        }
+    }
+}
+
+/// Reads the hello of a session the other side opened or accepted; returns its nonce.
+async fn their_hello(recv: &mut BufReader<Box<dyn AsyncRead + Send + Unpin>>) -> [u8; 32] {
+    let mut buf = Vec::new();
+    match wire::read_message(recv, &mut buf).await.unwrap() {
+        Some(Message::Hello { nonce, .. }) => nonce,
+        other => panic!("expected hello, got {other:?}"),
+    }
+}
+
+/// The next message that is not a `Done`.
+async fn next_answer(recv: &mut BufReader<Box<dyn AsyncRead + Send + Unpin>>) -> Option<Message> {
+    let mut buf = Vec::new();
+    loop {
+        match wire::read_message(recv, &mut buf).await {
+            Ok(Some(Message::Done)) => continue,
+            Ok(other) => return other,
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn topic_queries_without_the_topic_reveal_nothing() {
+    for db in [common::sqlite(), common::postgres().await] {
+        let hub = MemoryNetwork::new([0; 32]);
+        let holder = Node::new(&db, &hub, 1, config()).await;
+        let topic = room(70);
+        let signer = Ed25519Signer::from_seed([71; 32]);
+        append(&holder.store, &signer, 71, 0, 5).await;
+        tag(&holder.store, &signer, &topic).await;
+        let me = [2u8; 32];
+
+        let (ours, theirs) = pipe(me, holder.peer, None);
+        let serving = tokio::spawn({
+            let repl = holder.repl.clone();
+            async move { repl.handle(theirs).await }
+        });
+        let PeerChannel { mut send, recv, .. } = ours;
+        let mut recv = BufReader::new(recv);
+        let nonce = their_hello(&mut recv).await;
+        let my_nonce = [9u8; 32];
+        send.write_all(
+            &Message::Hello {
+                version: wire::VERSION,
+                nonce: my_nonce,
+            }
+            .encode(),
+        )
+        .await
+        .unwrap();
+        let id = topic.id();
+        let unknown = room(72);
+        let query = |topic: TopicId, capability: [u8; 32]| {
+            Message::TopicQuery { topic, capability }.encode()
+        };
+        // Knowing the id is not knowing the topic; nor is a proof made for another receiver
+        // (relayed), for another sender, for the answer's direction or for another session.
+        let wrong = [
+            query(id, [0; 32]),
+            query(
+                id,
+                topic.capability(Direction::Query, &nonce, &me, &[7; 32]),
+            ),
+            query(
+                id,
+                topic.capability(Direction::Query, &nonce, &[8; 32], &holder.peer),
+            ),
+            query(
+                id,
+                topic.capability(Direction::Answer, &nonce, &me, &holder.peer),
+            ),
+            query(
+                id,
+                topic.capability(Direction::Query, &[5; 32], &me, &holder.peer),
+            ),
+            query(
+                unknown.id(),
+                unknown.capability(Direction::Query, &nonce, &me, &holder.peer),
+            ),
+        ];
+        for (i, q) in wrong.iter().enumerate() {
+            send.write_all(q).await.unwrap();
+            let answer = next_answer(&mut recv).await;
+            let asked = if i == wrong.len() - 1 {
+                unknown.id()
+            } else {
+                id
+            };
+            // The same answer as for a topic it does not have: not even that it holds it.
+            assert_eq!(
+                answer,
+                Some(Message::TopicUnknown { topic: asked }),
+                "case {i} on {}",
+                db.name
+            );
+        }
+        // The session was not cut: a proven query in it is answered, with the holder's proof.
+        send.write_all(&query(
+            id,
+            topic.capability(Direction::Query, &nonce, &me, &holder.peer),
+        ))
+        .await
+        .unwrap();
+        match next_answer(&mut recv).await {
+            Some(Message::TopicLogs {
+                topic: t,
+                capability,
+                logs,
+            }) => {
+                assert_eq!(t, id);
+                assert!(topic.check(&capability, Direction::Answer, &my_nonce, &holder.peer, &me));
+                assert_eq!(logs.len(), 1);
+                assert_eq!(logs[0].key, signer.log_key());
+                logs[0].verify(&id).unwrap();
+            }
+            other => panic!("expected the topic's logs, got {other:?}"),
+        }
+        // Flooding queries ends the session.
+        let mut flood = Vec::new();
+        for _ in 0..kith_store::replicate::session::MAX_SESSION_TOPIC_QUERIES {
+            flood.extend(query(unknown.id(), [1; 32]));
+        }
+        send.write_all(&flood).await.unwrap();
+        let result = tokio::time::timeout(WAIT, serving).await.unwrap().unwrap();
+        assert!(
+            matches!(&result, Err(StoreError::Protocol(m)) if m.contains("topic queries")),
+            "{result:?}"
+        );
+        assert_eq!(holder.repl.stats().protocol_errors, 1);
+    }
+}
+
+/// How a topic holder lies when asked.
+#[derive(Clone, Copy, Debug)]
+enum TopicLie {
+    /// Answers without knowing the topic (a made-up proof).
+    NoProof,
+    /// Knows the topic but lists a log whose writer never put it in the room.
+    ForgedTag,
+    /// Lists the same log twice.
+    Duplicate,
+    /// Answers a query that was never asked.
+    Unasked,
+    /// Garbage in place of an answer.
+    Garbage,
+}
+
+/// Peer `me`, which knows `topic` (unless it lies about that too), answers a query badly.
+async fn lying_holder(ch: PeerChannel, me: PeerId, topic: TopicKey, how: TopicLie) {
+    let PeerChannel {
+        mut send,
+        recv,
+        peer,
+        ..
+    } = ch;
+    let mut recv = BufReader::new(recv);
+    let theirs = their_hello(&mut recv).await;
+    let mut out = Message::Hello {
+        version: wire::VERSION,
+        nonce: [4; 32],
+    }
+    .encode();
+    let id = topic.id();
+    let proof = topic.capability(Direction::Answer, &theirs, &me, &peer);
+    let member = Ed25519Signer::from_seed([81; 32]);
+    let stranger = Ed25519Signer::from_seed([82; 32]);
+    let answer = |capability, logs| {
+        Message::TopicLogs {
+            topic: id,
+            capability,
+            logs,
+        }
+        .encode()
+    };
+    match how {
+        TopicLie::Unasked => {
+            // An answer, with a valid proof, for a room the asker did not ask about.
+            let other = room(98);
+            out.extend(
+                Message::TopicLogs {
+                    topic: other.id(),
+                    capability: other.capability(Direction::Answer, &theirs, &me, &peer),
+                    logs: vec![TopicTag::sign(&member, &other.id())],
+                }
+                .encode(),
+            );
+            let _ = send.write_all(&out).await;
+            // Keep the stream open until the asker cuts it.
+            let _ = next_answer(&mut recv).await;
+            let _ = next_answer(&mut recv).await;
+            return;
+        }
+        TopicLie::Garbage => {
+            out.extend([11, 0, 0, 0, 11, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+            let _ = send.write_all(&out).await;
+            return;
+        }
+        _ => {}
+    }
+    let _ = send.write_all(&out).await;
+    let Some(Message::TopicQuery { .. }) = next_answer(&mut recv).await else {
+        return;
+    };
+    let bytes = match how {
+        TopicLie::NoProof => answer([3; 32], vec![TopicTag::sign(&member, &id)]),
+        TopicLie::ForgedTag => {
+            // The stranger's tag is for another room.
+            let mut forged = TopicTag::sign(&stranger, &room(99).id());
+            forged.key = stranger.log_key();
+            let mut logs = vec![TopicTag::sign(&member, &id), forged];
+            logs.sort_by_key(|t| t.key);
+            answer(proof, logs)
+        }
+        TopicLie::Duplicate => {
+            // The encoder writes what it is given; the decoder refuses a repeated key.
+            let tag = TopicTag::sign(&member, &id);
+            answer(proof, vec![tag, tag])
+        }
+        _ => unreachable!(),
+    };
+    let _ = send.write_all(&bytes).await;
+    let _ = next_answer(&mut recv).await;
+}
+
+#[tokio::test]
+async fn lying_topic_holders_are_cut_off_and_nothing_they_said_is_kept() {
+    for dbs in dbs(2).await {
+        let hub = MemoryNetwork::new([0; 32]);
+        let asker = Node::new(&dbs[0], &hub, 1, config()).await;
+        let honest = Node::new(&dbs[1], &hub, 2, config()).await;
+        let topic = room(80);
+        let member = Ed25519Signer::from_seed([81; 32]);
+        append(&honest.store, &member, 81, 0, 10).await;
+        tag(&honest.store, &member, &topic).await;
+        honest.repl.start().await.unwrap();
+        let liar: PeerId = [9; 32];
+        let cases = [
+            TopicLie::NoProof,
+            TopicLie::ForgedTag,
+            TopicLie::Duplicate,
+            TopicLie::Unasked,
+            TopicLie::Garbage,
+        ];
+        for (k, how) in cases.into_iter().enumerate() {
+            let (ours, theirs) = pipe(asker.peer, liar, None);
+            let lying = tokio::spawn(lying_holder(theirs, liar, topic.clone(), how));
+            // An honest peer answers at the same time, on its own session.
+            let honest_channel = asker.net.open(honest.peer, kith_store::replicate::ALPN);
+            let (bad, good) = tokio::join!(asker.repl.query_topic(ours, &topic), async {
+                let ch = honest_channel.await.unwrap();
+                asker.repl.query_topic(ch, &topic).await
+            });
+            assert!(
+                matches!(bad, Err(StoreError::Protocol(_))),
+                "{how:?} on {}: {bad:?}",
+                dbs[0].name
+            );
+            assert_eq!(asker.repl.stats().protocol_errors, k as u64 + 1);
+            let good = good.unwrap().unwrap();
+            assert_eq!(good.len(), 1);
+            assert_eq!(good[0].key, member.log_key());
+            // query_topic keeps nothing; neither did the session: no tag, no log.
+            assert!(asker.store.topic(&topic.id()).await.unwrap().is_none());
+            assert!(asker.store.log_keys().await.unwrap().is_empty());
+            lying.await.unwrap();
+        }
+        // A whole round with the honest peer keeps its answer.
+        asker.repl.start().await.unwrap();
+        let check = asker.repl.check_topic(&topic, None).await.unwrap();
+        assert_eq!(check.peers_answered, 1);
+        assert_eq!(check.new_logs, vec![member.log_key()]);
+        assert_eq!(
+            asker.store.topic_tags(&topic.id()).await.unwrap()[0].key,
+            member.log_key()
+        );
+        asker.repl.shutdown().await;
+        honest.repl.shutdown().await;
+    }
 }

@@ -1,7 +1,8 @@
 //! The store service end to end, the same way in-process, over gRPC on a Unix socket and over
 //! gRPC on TCP, on both backends: writer logs (append, read, list, verify), typed errors for bad
 //! input that change nothing, and mailboxes deposited at and fetched from another node over the
-//! network (an in-memory one here; the `kith` binary's tests use the real transport).
+//! network (an in-memory one here; the `kith` binary's tests use the real transport), and rooms'
+//! topics: writer logs tagged, a room mirrored and synced by its topic alone.
 
 mod common;
 
@@ -13,7 +14,9 @@ use kith_store::daemon::spawn;
 use kith_store::log::LogKey;
 use kith_store::mailbox::{self, MailboxKey};
 use kith_store::net::{MemoryNetwork, Network};
+use kith_store::replicate::MirrorPolicy;
 use kith_store::service::SeededKeys;
+use kith_store::topic::RoomTopic;
 use kith_store::{Store, StoreClient, StoreConfig, StoreService};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,6 +207,24 @@ async fn malformed_grpc_requests_are_refused() {
     for key in [vec![], vec![1; 31], vec![0; 32]] {
         let status = grpc
             .get_log(pb::GetLogRequest { key: key.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
+    // A topic is 32 bytes; a topic id too.
+    for topic in [vec![], vec![1; 31], vec![1; 33]] {
+        let status = grpc
+            .tag_log(pb::TagLogRequest {
+                name: "chat".into(),
+                topic: topic.clone().into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let status = grpc
+            .remove_topic_mirror(pb::RemoveTopicMirrorRequest {
+                topic_id: topic.into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -410,6 +431,166 @@ async fn mailboxes_at_another_node() {
             served.stop().await;
         }
     }
+}
+
+#[tokio::test]
+async fn rooms_by_topic_through_the_api() {
+    let mut rounds = vec![(Via::Local, common::postgres().await)];
+    for via in [Via::Local, Via::Unix, Via::Tcp] {
+        rounds.push((via, common::sqlite()));
+    }
+    for (via, db) in rounds {
+        let label = format!("{} via {via:?}", db.name);
+        let network = MemoryNetwork::new([0; 32]);
+        let (writer_db, reader_db) = (common::sqlite(), common::sqlite());
+        let writer = serve(
+            Via::Local,
+            &writer_db.url,
+            21,
+            Some(network.join(peer(21))),
+            StoreConfig::default(),
+        )
+        .await;
+        let mirror = serve(
+            via,
+            &db.url,
+            22,
+            Some(network.join(peer(22))),
+            StoreConfig::default(),
+        )
+        .await;
+        let reader = serve(
+            via,
+            &reader_db.url,
+            23,
+            Some(network.join(peer(23))),
+            StoreConfig::default(),
+        )
+        .await;
+        let topic = RoomTopic::from_bytes([24; 32]);
+        let id = topic.key().id();
+
+        // The writer puts its log in the room and writes.
+        let tagged = writer
+            .client
+            .tag_log("chat".into(), topic.clone())
+            .await
+            .unwrap();
+        assert_eq!(tagged.topics, vec![id], "{label}");
+        let log = writer
+            .client
+            .append("chat".into(), vec![b"sealed".to_vec(); 5])
+            .await
+            .unwrap();
+        assert_eq!(log.key, tagged.key);
+        let listed = writer.client.topic_logs(topic.clone()).await.unwrap();
+        assert_eq!(listed, vec![log.clone()]);
+        let bad = writer
+            .client
+            .tag_log("Bad Name".into(), topic.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(bad, ApiError::InvalidArgument(_)), "{bad:?}");
+
+        // The mirror is given the topic: it finds the log and mirrors it.
+        let policy = MirrorPolicy {
+            quota_bytes: Some(1 << 20),
+            priority: 4,
+        };
+        let added = mirror
+            .client
+            .add_topic_mirror(topic.clone(), policy)
+            .await
+            .unwrap();
+        assert_eq!((added.id, added.policy), (id, policy), "{label}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mirrors = mirror.client.list_mirrors().await.unwrap();
+            if mirrors.first().is_some_and(|m| m.held_entries == 5) {
+                assert_eq!(mirrors[0].key, log.key);
+                assert_eq!(mirrors[0].topics, vec![id]);
+                assert!(!mirrors[0].by_key);
+                assert_eq!(mirrors[0].policy, policy);
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{label}: not mirrored"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let topics = mirror.client.list_topic_mirrors().await.unwrap();
+        assert_eq!(topics.len(), 1);
+        assert_eq!(topics[0].logs, vec![log.key], "{label}");
+
+        // The writer goes offline; a reader knowing the topic catches up from the mirror.
+        network.set_offline(peer(21), true);
+        let report = reader.client.sync_topic(topic.clone()).await.unwrap();
+        assert_eq!(report.topic, id);
+        assert_eq!(report.logs.len(), 1, "{label}: {report:?}");
+        assert_eq!((report.logs[0].key, report.logs[0].length), (log.key, 5));
+        assert_eq!(
+            reader.client.get_entries(log.key, 0, 5).await.unwrap(),
+            vec![b"sealed".to_vec(); 5]
+        );
+
+        // Untagging here, and stopping the topic mirror there.
+        assert!(
+            writer
+                .client
+                .untag_log("chat".into(), topic.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !writer
+                .client
+                .untag_log("chat".into(), topic.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            writer
+                .client
+                .topic_logs(topic.clone())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(mirror.client.remove_topic_mirror(id).await.unwrap());
+        assert!(!mirror.client.remove_topic_mirror(id).await.unwrap());
+        assert!(mirror.client.list_topic_mirrors().await.unwrap().is_empty());
+        assert!(mirror.client.list_mirrors().await.unwrap().is_empty());
+        for served in [writer, mirror, reader] {
+            served.stop().await;
+        }
+    }
+
+    // Without a network: tagging works (announced once there is one), mirroring and syncing by
+    // topic are a clear error.
+    let db = common::sqlite();
+    let lonely = serve(Via::Local, &db.url, 25, None, StoreConfig::default()).await;
+    let topic = RoomTopic::from_bytes([26; 32]);
+    lonely
+        .client
+        .tag_log("chat".into(), topic.clone())
+        .await
+        .unwrap();
+    for error in [
+        lonely
+            .client
+            .add_topic_mirror(topic.clone(), MirrorPolicy::default())
+            .await
+            .unwrap_err(),
+        lonely.client.sync_topic(topic.clone()).await.unwrap_err(),
+    ] {
+        assert!(
+            matches!(error, ApiError::FailedPrecondition(_)),
+            "{error:?}"
+        );
+    }
+    assert!(lonely.client.list_topic_mirrors().await.unwrap().is_empty());
+    lonely.stop().await;
 }
 
 fn peer(seed: u8) -> [u8; 32] {

@@ -9,6 +9,7 @@ use kith_store::log::{
     Ed25519Signer, ForkEvidence, MAX_BATCH_ENTRIES, MAX_ENTRY_BYTES, Proof, RootSigner, SignedRoot,
     UnsignedRoot,
 };
+use kith_store::topic::{MAX_LOG_TOPICS, MAX_TOPIC_LOGS, RoomTopic, TopicKey, TopicTag};
 use kith_store::{LogInfo, PutOutcome, Stats, Store, StoreError};
 
 /// Entry `i` of a test log: bytes that look like ciphertext (pseudo-random, varying length).
@@ -696,6 +697,21 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
         .set_mirror(&sparse.log_key(), Some(1 << 20), 3)
         .await
         .unwrap();
+    // A room: the full log is this node's own in it, the sparse one a member's (its writer's
+    // tag kept), the empty one mirrored only because the mirrored room lists it.
+    let topic = RoomTopic::from_bytes([26; 32]).key();
+    source
+        .set_topic_mirror(&topic, Some(1 << 22), -2)
+        .await
+        .unwrap();
+    for (signer, own) in [(&full, true), (&sparse, false), (&empty, false)] {
+        let tag = TopicTag::sign(signer, &topic.id());
+        assert!(source.tag_log(&topic, &tag, own).await.unwrap());
+    }
+    source
+        .adopt_mirror(&empty.log_key(), Some(1 << 22), -2)
+        .await
+        .unwrap();
     // Mailbox records kept for others, one of them already expired: all move, times unchanged.
     let owner = ed25519_dalek::SigningKey::from_bytes(&[25; 32]);
     let mailbox = kith_store::mailbox::MailboxKey::of(&owner);
@@ -721,7 +737,8 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
     assert_eq!(report.logs, 4);
     assert_eq!(report.entries, 2500 + 4 + 10 + 6);
     assert_eq!(report.fork_evidence, 1);
-    assert_eq!(report.mirrors, 1);
+    assert_eq!(report.mirrors, 2);
+    assert_eq!((report.topic_tags, report.topic_mirrors), (3, 1));
     let last = third.open().await;
     copy_store(&middle, &last).await.unwrap();
     assert_eq!(last.mailbox_export(None, 10).await.unwrap(), records);
@@ -751,9 +768,24 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
         }
         let policies = |ms: Vec<kith_store::backend::MirrorRow>| {
             ms.into_iter()
-                .map(|m| (m.key, m.quota_bytes, m.priority, m.evicted_below))
+                .map(|m| (m.key, m.quota_bytes, m.priority, m.evicted_below, m.by_key))
                 .collect::<Vec<_>>()
         };
+        let topic_policies = |ts: Vec<kith_store::backend::TopicMirrorRow>| {
+            ts.into_iter()
+                .map(|t| (t.topic, t.quota_bytes, t.priority))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            topic_policies(store.topic_mirrors().await.unwrap()),
+            topic_policies(source.topic_mirrors().await.unwrap()),
+            "{name}"
+        );
+        assert_eq!(
+            store.topic_tags_owned(&topic.id()).await.unwrap(),
+            source.topic_tags_owned(&topic.id()).await.unwrap(),
+            "{name}"
+        );
         assert_eq!(
             policies(store.mirrors().await.unwrap()),
             policies(source.mirrors().await.unwrap()),
@@ -771,6 +803,107 @@ async fn copying_sqlite_to_postgres_and_back_loses_nothing() {
     for s in [&source, &middle, &last, &writer, &other] {
         s.close().await;
     }
+}
+
+fn room(seed: u8) -> TopicKey {
+    RoomTopic::from_bytes([seed; 32]).key()
+}
+
+#[tokio::test]
+async fn topic_tags_are_verified_bounded_and_forgotten_with_their_last_use() {
+    for db in backends().await {
+        let store = db.open().await;
+        let topic = room(30);
+        let writer = Ed25519Signer::from_seed([32; 32]);
+        append_range(&store, &writer, 32, 0, 10, 10).await;
+        let key = writer.log_key();
+
+        // A tag for another room, or by another writer, is refused and changes nothing.
+        let before = snapshot(&store).await;
+        let elsewhere = TopicTag::sign(&writer, &room(31).id());
+        let mut forged = TopicTag::sign(&writer, &topic.id());
+        forged.key = Ed25519Signer::from_seed([33; 32]).log_key();
+        for bad in [elsewhere, forged] {
+            let err = store.tag_log(&topic, &bad, true).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::BadSignature),
+                "{}: {err:?}",
+                db.name
+            );
+        }
+        assert_eq!(snapshot(&store).await, before);
+        assert!(store.topics().await.unwrap().is_empty());
+        assert!(store.topic(&topic.id()).await.unwrap().is_none());
+
+        // The writer's own tag: kept once.
+        let tag = TopicTag::sign(&writer, &topic.id());
+        assert!(store.tag_log(&topic, &tag, true).await.unwrap());
+        assert!(!store.tag_log(&topic, &tag, false).await.unwrap());
+        assert_eq!(store.topic(&topic.id()).await.unwrap(), Some(topic.clone()));
+        assert_eq!(store.topic_tags(&topic.id()).await.unwrap(), vec![tag]);
+        assert_eq!(
+            store.log_topics(&key).await.unwrap(),
+            vec![(topic.id(), true)]
+        );
+
+        // A log carries at most MAX_LOG_TOPICS topics; past that nothing is added, not even
+        // the topic.
+        for i in 1..MAX_LOG_TOPICS as u8 {
+            let t = room(100 + i);
+            assert!(
+                store
+                    .tag_log(&t, &TopicTag::sign(&writer, &t.id()), true)
+                    .await
+                    .unwrap()
+            );
+        }
+        let extra = room(99);
+        let err = store
+            .tag_log(&extra, &TopicTag::sign(&writer, &extra.id()), true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::TopicLimit(_)), "{err:?}");
+        assert!(store.topic(&extra.id()).await.unwrap().is_none());
+        assert_eq!(store.log_topics(&key).await.unwrap().len(), MAX_LOG_TOPICS);
+
+        // Untagging forgets a topic nothing else uses; a mirrored topic stays.
+        assert!(store.untag_log(&key, &topic.id()).await.unwrap());
+        assert!(!store.untag_log(&key, &topic.id()).await.unwrap());
+        assert!(store.topic(&topic.id()).await.unwrap().is_none());
+        let kept = room(101);
+        store.set_topic_mirror(&kept, None, 0).await.unwrap();
+        assert!(store.untag_log(&key, &kept.id()).await.unwrap());
+        assert_eq!(store.topic(&kept.id()).await.unwrap(), Some(kept.clone()));
+        assert!(store.topic_tags(&kept.id()).await.unwrap().is_empty());
+        assert_eq!(
+            store.remove_topic_mirror(&kept.id()).await.unwrap(),
+            Some(vec![])
+        );
+        assert!(store.topic(&kept.id()).await.unwrap().is_none());
+        assert_eq!(store.remove_topic_mirror(&kept.id()).await.unwrap(), None);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_topic_lists_at_most_max_topic_logs() {
+    let db = common::sqlite();
+    let store = db.open().await;
+    let topic = room(34);
+    for i in 0..MAX_TOPIC_LOGS as u32 {
+        let mut seed = [7u8; 32];
+        seed[..4].copy_from_slice(&i.to_le_bytes());
+        let tag = TopicTag::sign(&Ed25519Signer::from_seed(seed), &topic.id());
+        assert!(store.tag_log(&topic, &tag, false).await.unwrap());
+    }
+    let one_more = TopicTag::sign(&Ed25519Signer::from_seed([8; 32]), &topic.id());
+    let err = store.tag_log(&topic, &one_more, false).await.unwrap_err();
+    assert!(matches!(err, StoreError::TopicLimit(_)), "{err:?}");
+    let tags = store.topic_tags(&topic.id()).await.unwrap();
+    assert_eq!(tags.len(), MAX_TOPIC_LOGS);
+    assert!(tags.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(tags.iter().all(|t| t.key != one_more.key));
+    store.close().await;
 }
 
 /// Random sparse replication: a writer grows in random batches; a mirror pulls random ranges at

@@ -148,8 +148,13 @@ pub fn node_up(home: &Path, bootstrap: Option<&str>) -> (Node, Value) {
 }
 
 /// Retries `f` until it returns `Some`, for up to 30 s.
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_within(Duration::from_secs(30), what, f)
+}
+
+/// Retries `f` until it returns `Some`, for up to `limit`.
+pub fn eventually_within<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = f() {
             return v;

@@ -3,7 +3,8 @@
 //! would, entries with a proof against the source's signed root, and the destination verifies
 //! it before storing. A log whose source data fails verification stops the copy with the error.
 //! Files follow the logs: each file's outboard (checked against its id by the destination), then
-//! its held blocks, each verified against the outboard as it is read.
+//! its held blocks, each verified against the outboard as it is read. Mirrors, mirrored topics
+//! and logs' topic tags (signatures checked again) come along.
 
 use serde::Serialize;
 
@@ -26,6 +27,10 @@ pub struct CopyReport {
     pub mailbox_records: u64,
     /// Mirrored logs whose policy and eviction mark were carried over.
     pub mirrors: u64,
+    /// Logs' topic tags carried over (each signature verified on the way in).
+    pub topic_tags: u64,
+    /// Mirrored topics whose policy was carried over.
+    pub topic_mirrors: u64,
     /// Files copied (whole or the part held).
     pub files: u64,
     pub file_blocks: u64,
@@ -79,11 +84,27 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
             report.fork_evidence += 1;
         }
     }
-    // Mirrors keep their policy and what they evicted (so it is not fetched again).
+    // Mirrored topics, then mirrors, keep their policy, how they were added and what they
+    // evicted (so it is not fetched again); then the topics logs carry, every tag checked.
+    for t in from.topic_mirrors().await? {
+        to.set_topic_mirror(&t.topic, t.quota_bytes, t.priority)
+            .await?;
+        report.topic_mirrors += 1;
+    }
     for m in from.mirrors().await? {
-        to.set_mirror(&m.key, m.quota_bytes, m.priority).await?;
+        if m.by_key {
+            to.set_mirror(&m.key, m.quota_bytes, m.priority).await?;
+        } else {
+            to.adopt_mirror(&m.key, m.quota_bytes, m.priority).await?;
+        }
         to.raise_eviction_mark(&m.key, m.evicted_below).await?;
         report.mirrors += 1;
+    }
+    for t in from.topics().await? {
+        for (tag, own) in from.topic_tags_owned(&t.topic.id()).await? {
+            to.tag_log(&t.topic, &tag, own).await?;
+            report.topic_tags += 1;
+        }
     }
     let mut after = None;
     loop {

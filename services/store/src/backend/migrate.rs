@@ -43,6 +43,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         description: "mailboxes",
         sql: include_str!("../../migrations/sqlite/0004_mailboxes.sql"),
     },
+    Migration {
+        version: 5,
+        description: "topics",
+        sql: include_str!("../../migrations/sqlite/0005_topics.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -65,6 +70,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 4,
         description: "mailboxes",
         sql: include_str!("../../migrations/postgres/0004_mailboxes.sql"),
+    },
+    Migration {
+        version: 5,
+        description: "topics",
+        sql: include_str!("../../migrations/postgres/0005_topics.sql"),
     },
 ];
 
@@ -195,10 +205,17 @@ mod tests {
             (2, "files"),
             (2, "file_blocks"),
             (3, "mailbox_records"),
+            (4, "topics"),
+            (4, "log_topics"),
+            (4, "topic_mirrors"),
         ] {
             let create = format!("CREATE TABLE {table} (");
             assert!(SQLITE[m].sql.contains(&create), "{table}");
             assert!(POSTGRES[m].sql.contains(&create), "{table}");
+        }
+        // Columns added to a table created earlier.
+        for set in [SQLITE, POSTGRES] {
+            assert!(set[4].sql.contains("ALTER TABLE mirrors ADD COLUMN by_key"));
         }
         assert_eq!(SQLITE.len(), POSTGRES.len());
         for (s, p) in SQLITE.iter().zip(POSTGRES) {

@@ -20,6 +20,17 @@ use crate::error::StoreError;
 use crate::log::LogKey;
 use crate::log::tree::{self, Node};
 
+/// What deleting a log (held for others, no longer wanted) takes, in order: every row naming
+/// its id (`$1`), then the log.
+pub(crate) const DELETE_LOG: &[&str] = &[
+    "DELETE FROM entries WHERE log_id = $1",
+    "DELETE FROM nodes WHERE log_id = $1",
+    "DELETE FROM fork_evidence WHERE log_id = $1",
+    "DELETE FROM log_topics WHERE log_id = $1",
+    "DELETE FROM mirrors WHERE log_id = $1",
+    "DELETE FROM logs WHERE id = $1",
+];
+
 /// Entries read per eviction step.
 const EVICT_STEP: i64 = 1024;
 
@@ -37,6 +48,9 @@ pub struct MirrorRow {
     pub added_ms: u64,
     /// When a replication session last brought this log up to a peer's length (unix ms).
     pub last_sync_ms: Option<u64>,
+    /// Mirrored because it was asked for by key (`false`: only because a mirrored topic
+    /// listed it; see [`Store::adopt_mirror`]).
+    pub by_key: bool,
 }
 
 /// What one eviction dropped.
@@ -48,16 +62,16 @@ pub struct EvictReport {
     pub evicted_below: u64,
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-type MirrorTuple = (Vec<u8>, Option<i64>, i64, i64, i64, Option<i64>);
+type MirrorTuple = (Vec<u8>, Option<i64>, i64, i64, i64, Option<i64>, i64);
 
 fn mirror_from_row(row: MirrorTuple) -> Result<MirrorRow, StoreError> {
-    let (key, quota, priority, below, added, last) = row;
+    let (key, quota, priority, below, added, last, by_key) = row;
     Ok(MirrorRow {
         key: LogKey::from_slice(&key)
             .map_err(|e| StoreError::Corrupt(format!("stored mirror key: {e}")))?,
@@ -67,12 +81,13 @@ fn mirror_from_row(row: MirrorTuple) -> Result<MirrorRow, StoreError> {
         evicted_below: to_u64(below)?,
         added_ms: to_u64(added)?,
         last_sync_ms: last.map(to_u64).transpose()?,
+        by_key: by_key != 0,
     })
 }
 
 impl Store {
-    /// Records `key` as mirrored with this policy (creating the log if needed; updating the
-    /// policy if it is mirrored already). Refused for a log this process writes.
+    /// Records `key` as mirrored by key with this policy (creating the log if needed; updating
+    /// the policy if it is mirrored already). Refused for a log this process writes.
     pub async fn set_mirror(
         &self,
         key: &LogKey,
@@ -88,9 +103,43 @@ impl Store {
         let quota = quota_bytes.map(to_i64).transpose()?;
         on_db!(&self.db, pool, DB => {
             sqlx::query(
-                "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms, by_key) \
+                 VALUES ($1, $2, $3, $4, 1) \
                  ON CONFLICT (log_id) DO UPDATE SET quota_bytes = excluded.quota_bytes, \
-                 priority = excluded.priority",
+                 priority = excluded.priority, by_key = 1",
+            )
+            .bind(row.id)
+            .bind(quota)
+            .bind(i64::from(priority))
+            .bind(to_i64(now_ms())?)
+            .execute(pool)
+            .await?;
+        });
+        self.mirror(key)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("mirror {key} vanished after insert")))
+    }
+
+    /// Records `key` as mirrored because a mirrored topic listed it, with that topic's policy,
+    /// unless it is mirrored already (a log mirrored by key, or found by another topic first,
+    /// keeps its policy). Returns the mirror record. Refused for a log this process writes.
+    pub async fn adopt_mirror(
+        &self,
+        key: &LogKey,
+        quota_bytes: Option<u64>,
+        priority: i32,
+    ) -> Result<MirrorRow, StoreError> {
+        if self.writes(key) {
+            return Err(StoreError::Malformed(
+                "cannot mirror a log this node writes",
+            ));
+        }
+        let row = self.ensure_log(key).await?;
+        let quota = quota_bytes.map(to_i64).transpose()?;
+        on_db!(&self.db, pool, DB => {
+            sqlx::query(
+                "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms, by_key) \
+                 VALUES ($1, $2, $3, $4, 0) ON CONFLICT (log_id) DO NOTHING",
             )
             .bind(row.id)
             .bind(quota)
@@ -113,8 +162,8 @@ impl Store {
     pub async fn mirrors(&self) -> Result<Vec<MirrorRow>, StoreError> {
         let rows = on_db!(&self.db, pool, DB => {
             sqlx::query(
-                "SELECT l.key, m.quota_bytes, m.priority, m.evicted_below, m.added_ms, m.last_sync_ms \
-                 FROM mirrors m JOIN logs l ON l.id = m.log_id ORDER BY l.key",
+                "SELECT l.key, m.quota_bytes, m.priority, m.evicted_below, m.added_ms, m.last_sync_ms, \
+                 m.by_key FROM mirrors m JOIN logs l ON l.id = m.log_id ORDER BY l.key",
             )
             .fetch_all(pool)
             .await?
@@ -127,6 +176,7 @@ impl Store {
                     r.try_get(3)?,
                     r.try_get(4)?,
                     r.try_get(5)?,
+                    r.try_get(6)?,
                 ))
             })
             .collect::<Result<Vec<_>, _>>()?
@@ -170,7 +220,8 @@ impl Store {
     }
 
     /// Stops mirroring `key` and deletes everything held for it (entries, nodes, root, fork
-    /// evidence). Returns whether it was mirrored. Refused for a log this process writes.
+    /// evidence, the topics it carried). Returns whether it was mirrored. Refused for a log this
+    /// process writes.
     pub async fn remove_mirror(&self, key: &LogKey) -> Result<bool, StoreError> {
         if self.writes(key) {
             return Err(StoreError::Malformed(
@@ -187,14 +238,10 @@ impl Store {
                 .await?
                 .rows_affected();
             if removed == 1 {
-                for table in ["entries", "nodes", "fork_evidence"] {
-                    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE log_id = $1")))
-                        .bind(row.id)
-                        .execute(&mut *tx)
-                        .await?;
+                for statement in DELETE_LOG {
+                    sqlx::query(*statement).bind(row.id).execute(&mut *tx).await?;
                 }
-                sqlx::query("DELETE FROM logs WHERE id = $1")
-                    .bind(row.id)
+                sqlx::query(super::topics::FORGET_UNUSED_TOPICS)
                     .execute(&mut *tx)
                     .await?;
             }

@@ -155,7 +155,9 @@ macro_rules! in_write_tx {
 }
 
 mod mirror;
+mod topics;
 pub use mirror::{EvictReport, MirrorRow};
+pub use topics::{TopicMirrorRow, TopicRow};
 pub(crate) use {in_write_tx, on_db};
 
 /// A log as the store holds it.

@@ -55,6 +55,14 @@ impl LogKey {
     fn verifying_key(&self) -> VerifyingKey {
         VerifyingKey::from_bytes(&self.0).expect("validated on construction")
     }
+
+    /// Checks (strictly) that `signature` is this key's over `message`. For statements other
+    /// than roots, each with a domain prefix of its own (see [`crate::topic::TopicTag`]).
+    pub(crate) fn verify(&self, message: &[u8], signature: &[u8; 64]) -> Result<(), StoreError> {
+        self.verifying_key()
+            .verify_strict(message, &Signature::from_bytes(signature))
+            .map_err(|_| StoreError::BadSignature)
+    }
 }
 
 impl TryFrom<[u8; 32]> for LogKey {
@@ -306,6 +314,13 @@ impl Ed25519Signer {
     /// Signs synchronously (the trait method without the future).
     pub fn sign(&self, root: &UnsignedRoot) -> [u8; 64] {
         self.key.sign(&root.signed_bytes()).to_bytes()
+    }
+
+    /// Signs another statement by the writer; `message` must start with a domain prefix of its
+    /// own (see [`crate::topic::TopicTag`]), never the roots'.
+    pub(crate) fn sign_statement(&self, message: &[u8]) -> [u8; 64] {
+        debug_assert!(!message.starts_with(ROOT_SIGNATURE_DOMAIN));
+        self.key.sign(message).to_bytes()
     }
 }
 

@@ -15,6 +15,16 @@
 //! signatures and nothing else, like any member's store — within a per-log and a total byte
 //! quota, evicting the oldest entry bytes of the lowest-priority mirrors first (tree nodes and
 //! roots stay, so what remains still verifies). The node's own logs are never evicted.
+//!
+//! Logs can also be found by a room's discovery topic ([`crate::topic`]). The replicator
+//! announces [`crate::net::room_topic`] for every topic its logs carry; asked over a session
+//! for a topic's logs by a peer that proves the topic, it lists the writers' tags of the logs it
+//! holds under it ([`wire`]). A **topic mirror** ([`Replicator::add_topic_mirror`]) looks the
+//! topic up, asks every peer found, mirrors every log listed (each as a mirror of its own, under
+//! the topic mirror's policy: the quota applies per log), keeps the tags so it answers for the
+//! topic and announces it itself, and asks again every `lookup_interval` for logs of new
+//! members. [`Replicator::sync_topic`] does one round for a reader: find the topic's logs and
+//! bring each up to date once.
 
 pub mod session;
 pub mod wire;
@@ -28,13 +38,17 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use session::SessionReport;
+pub use session::{SessionReport, TopicAnswer};
 pub use wire::{ALPN, Discovery, discovery_id};
 
 use crate::Store;
 use crate::error::StoreError;
 use crate::log::LogKey;
 use crate::net::{Network, PeerChannel, PeerId, log_topic};
+use crate::topic::{TopicId, TopicKey, TopicTag};
+
+/// The most peers asked for a topic's logs in one round.
+pub const MAX_TOPIC_PEERS: usize = 32;
 
 /// How a [`Replicator`] behaves.
 #[derive(Clone, Debug)]
@@ -51,8 +65,9 @@ pub struct ReplicatorConfig {
     /// up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
-    /// How often a followed log's topic is looked up again while sessions run, and every
-    /// held log's topic re-announced.
+    /// How often a followed log's topic is looked up again while sessions run (and a mirrored
+    /// room topic's peers asked again for new logs), and every held log's and room's topic
+    /// re-announced.
     pub lookup_interval: Duration,
     pub announce_interval: Duration,
     /// The most sessions peers may have open with us at once.
@@ -99,6 +114,59 @@ pub struct MirrorInfo {
     /// When a session last brought the log up to a peer's length (unix ms).
     pub last_sync_ms: Option<u64>,
     pub forked: bool,
+    /// Mirrored because it was asked for by key (`false`: only because a mirrored topic listed
+    /// it).
+    pub by_key: bool,
+    /// The mirrored topics that list this log.
+    pub topics: Vec<TopicId>,
+}
+
+/// A mirrored room topic as [`Replicator::list_topic_mirrors`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicMirrorInfo {
+    pub id: TopicId,
+    /// The policy every log found under the topic is mirrored with: the quota is each log's
+    /// own, not one for the topic's logs together.
+    pub policy: MirrorPolicy,
+    /// The logs held under the topic (found by asking peers, or carried already), by key.
+    pub logs: Vec<LogKey>,
+    /// Peers that proved the topic and answered since this replicator started.
+    pub peers_seen: u64,
+    pub added_ms: u64,
+    /// When peers were last asked for the topic's logs (unix ms).
+    pub last_check_ms: Option<u64>,
+}
+
+/// What one round of asking peers for a topic's logs found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TopicCheck {
+    /// Peers found under the topic's DHT key.
+    pub peers_found: usize,
+    /// Peers that proved they know the topic and listed its logs.
+    pub peers_answered: usize,
+    /// Logs put under the topic here for the first time.
+    pub new_logs: Vec<LogKey>,
+}
+
+/// What [`Replicator::sync_topic`] did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicSyncReport {
+    pub topic: TopicId,
+    pub peers_found: usize,
+    pub peers_answered: usize,
+    /// Every log held under the topic afterwards, and how its sync went.
+    pub logs: Vec<TopicLogSync>,
+}
+
+/// One log of a [`TopicSyncReport`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TopicLogSync {
+    pub key: LogKey,
+    /// The held root's length afterwards.
+    pub length: u64,
+    pub entries_received: u64,
+    /// Why it could not be synced (no peer had it, …); the others were still tried.
+    pub error: Option<String>,
 }
 
 /// Cumulative counters.
@@ -157,9 +225,15 @@ pub(crate) struct Inner {
     following: Mutex<HashSet<(PeerId, LogKey)>>,
     incoming: AtomicUsize,
     active: AtomicUsize,
+    /// Peers that answered for each topic since start.
+    topic_peers: Mutex<HashMap<TopicId, HashSet<PeerId>>>,
 }
 
 impl Inner {
+    pub(crate) fn local_peer(&self) -> PeerId {
+        self.network.local_peer()
+    }
+
     pub(crate) fn known(&self, discovery: &Discovery) -> Option<LogKey> {
         self.known
             .lock()
@@ -299,11 +373,104 @@ impl Inner {
     }
 }
 
+/// Every mirrored log of `store` with its policy and state, ordered by key; with the
+/// replicator's `inner` its peers and last sync too (without one — a store running without a
+/// network — nothing was replicated in this run: no peers, no sync).
+pub(crate) async fn list_mirrors(
+    store: &Store,
+    inner: Option<&Inner>,
+) -> Result<Vec<MirrorInfo>, StoreError> {
+    let rows = store.mirrors().await?;
+    let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
+    let bytes = store.entry_bytes(&keys).await?;
+    let mirrored: HashSet<TopicId> = store
+        .topic_mirrors()
+        .await?
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let mut out = Vec::with_capacity(rows.len());
+    for m in rows {
+        let info = store.log_info(&m.key).await?;
+        let peers_seen = inner.map_or(0, |inner| {
+            inner
+                .mirrors
+                .lock()
+                .expect("mirrors lock")
+                .get(&m.key)
+                .map_or(0, |s| s.peers.len() as u64)
+        });
+        let topics = store
+            .log_topics(&m.key)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| mirrored.contains(id))
+            .collect();
+        out.push(MirrorInfo {
+            key: m.key,
+            policy: MirrorPolicy {
+                quota_bytes: m.quota_bytes,
+                priority: m.priority,
+            },
+            length: info.length,
+            held_entries: info.held_entries,
+            bytes_held: bytes.get(&m.key).copied().unwrap_or(0),
+            evicted_below: m.evicted_below,
+            peers_seen,
+            last_sync_ms: inner.and(m.last_sync_ms),
+            forked: info.forked,
+            by_key: m.by_key,
+            topics,
+        });
+    }
+    Ok(out)
+}
+
+/// Every mirrored room topic of `store` with its policy and the logs held under it, ordered by
+/// id; with the replicator's `inner` the peers that answered for it too.
+pub(crate) async fn list_topic_mirrors(
+    store: &Store,
+    inner: Option<&Inner>,
+) -> Result<Vec<TopicMirrorInfo>, StoreError> {
+    let mut out = Vec::new();
+    for t in store.topic_mirrors().await? {
+        let logs = store
+            .topic_tags(&t.id)
+            .await?
+            .into_iter()
+            .map(|tag| tag.key)
+            .collect();
+        let peers_seen = inner.map_or(0, |inner| {
+            inner
+                .topic_peers
+                .lock()
+                .expect("topic peers lock")
+                .get(&t.id)
+                .map_or(0, |p| p.len() as u64)
+        });
+        out.push(TopicMirrorInfo {
+            id: t.id,
+            policy: MirrorPolicy {
+                quota_bytes: t.quota_bytes,
+                priority: t.priority,
+            },
+            logs,
+            peers_seen,
+            added_ms: t.added_ms,
+            last_check_ms: t.last_check_ms,
+        });
+    }
+    Ok(out)
+}
+
 /// Replication for one node: serves peers, syncs and follows logs, keeps mirrors.
 pub struct Replicator {
     inner: Arc<Inner>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     follows: Mutex<HashMap<LogKey, JoinHandle<()>>>,
+    /// Mirrored topics being asked for new logs.
+    topic_follows: Mutex<HashMap<TopicId, JoinHandle<()>>>,
     started: std::sync::atomic::AtomicBool,
 }
 
@@ -337,16 +504,19 @@ impl Replicator {
                 following: Mutex::default(),
                 incoming: AtomicUsize::new(0),
                 active: AtomicUsize::new(0),
+                topic_peers: Mutex::default(),
             }),
             tasks: Mutex::default(),
             follows: Mutex::default(),
+            topic_follows: Mutex::default(),
             started: Default::default(),
         })
     }
 
     /// Loads what the store holds (logs and persisted mirrors), serves incoming sessions on
-    /// [`ALPN`], announces every held log's topic (again every `announce_interval`, and new
-    /// logs as they appear) and follows every mirror.
+    /// [`ALPN`], announces every held log's topic and every room topic its logs carry (again
+    /// every `announce_interval`, and new logs as they appear), follows every mirror and asks
+    /// for every mirrored room topic's logs.
     pub async fn start(self: &Arc<Self>) -> Result<(), StoreError> {
         if self.started.swap(true, Ordering::SeqCst) {
             return Ok(());
@@ -423,6 +593,9 @@ impl Replicator {
         for key in mirrors {
             self.follow(key);
         }
+        for topic in self.inner.store.topic_mirrors().await? {
+            self.follow_topic(topic.topic);
+        }
         Ok(())
     }
 
@@ -464,6 +637,21 @@ impl Replicator {
                 tracing::debug!(log = %key, error = %e, "announcing a log failed");
             }
         }
+        match self.inner.store.topics().await {
+            Ok(topics) => {
+                for t in topics {
+                    self.announce_topic(&t.topic).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "reading the topics to announce failed"),
+        }
+    }
+
+    /// Announces that this node holds logs of a room topic (best effort).
+    pub async fn announce_topic(&self, topic: &TopicKey) {
+        if let Err(e) = self.inner.network.announce(topic.dht_topic()).await {
+            tracing::debug!(topic = %topic.id(), error = %e, "announcing a topic failed");
+        }
     }
 
     /// Serves one incoming session (a stream a peer opened on [`ALPN`]) until the peer ends
@@ -492,6 +680,7 @@ impl Replicator {
             channel,
             session::Role::Initiator {
                 logs: logs.to_vec(),
+                topics: Vec::new(),
                 live,
             },
         )
@@ -714,35 +903,7 @@ impl Replicator {
 
     /// Every mirrored log with its policy and state, ordered by key.
     pub async fn list_mirrors(&self) -> Result<Vec<MirrorInfo>, StoreError> {
-        let rows = self.inner.store.mirrors().await?;
-        let keys: Vec<LogKey> = rows.iter().map(|m| m.key).collect();
-        let bytes = self.inner.store.entry_bytes(&keys).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for m in rows {
-            let info = self.inner.store.log_info(&m.key).await?;
-            let peers_seen = self
-                .inner
-                .mirrors
-                .lock()
-                .expect("mirrors lock")
-                .get(&m.key)
-                .map_or(0, |s| s.peers.len() as u64);
-            out.push(MirrorInfo {
-                key: m.key,
-                policy: MirrorPolicy {
-                    quota_bytes: m.quota_bytes,
-                    priority: m.priority,
-                },
-                length: info.length,
-                held_entries: info.held_entries,
-                bytes_held: bytes[&m.key],
-                evicted_below: m.evicted_below,
-                peers_seen,
-                last_sync_ms: m.last_sync_ms,
-                forked: info.forked,
-            });
-        }
-        Ok(out)
+        list_mirrors(&self.inner.store, Some(&self.inner)).await
     }
 
     async fn mirror_info(&self, key: &LogKey) -> Result<Option<MirrorInfo>, StoreError> {
@@ -751,6 +912,375 @@ impl Replicator {
             .await?
             .into_iter()
             .find(|m| m.key == *key))
+    }
+
+    /// Asks the peer at the other end of `channel` for the logs it holds under `topic`, in a
+    /// one-shot session. `Ok(None)`: the peer does not hold the topic (or refused our proof).
+    /// The tags returned are checked (the peer proved the topic, every writer signed its tag);
+    /// nothing is stored.
+    pub async fn query_topic(
+        self: &Arc<Self>,
+        channel: PeerChannel,
+        topic: &TopicKey,
+    ) -> Result<Option<Vec<TopicTag>>, StoreError> {
+        let id = topic.id();
+        let report = self
+            .run_session(
+                channel,
+                session::Role::Initiator {
+                    logs: Vec::new(),
+                    topics: vec![topic.clone()],
+                    live: false,
+                },
+            )
+            .await?;
+        report
+            .topics
+            .into_iter()
+            .find(|a| a.topic == id)
+            .map(|a| a.logs)
+            .ok_or_else(|| StoreError::Network("peer left before answering the topic query".into()))
+    }
+
+    /// One round for `topic`: looks its DHT key up, asks every peer found (at most
+    /// [`MAX_TOPIC_PEERS`]) for the topic's logs and keeps their tags here (so this node lists
+    /// and announces them too). With a `mirror` policy, every log found is mirrored under it.
+    pub async fn check_topic(
+        self: &Arc<Self>,
+        topic: &TopicKey,
+        mirror: Option<MirrorPolicy>,
+    ) -> Result<TopicCheck, StoreError> {
+        let id = topic.id();
+        self.announce_topic(topic).await;
+        let peers = self.inner.network.lookup(topic.dht_topic()).await?;
+        let mut report = TopicCheck {
+            peers_found: peers.len(),
+            ..TopicCheck::default()
+        };
+        let mut held: HashSet<LogKey> = self
+            .inner
+            .store
+            .topic_tags(&id)
+            .await?
+            .into_iter()
+            .map(|t| t.key)
+            .collect();
+        for peer in peers.into_iter().take(MAX_TOPIC_PEERS) {
+            let channel = match self.inner.network.open(peer, ALPN).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(peer = %hex::encode(peer), error = %e, "peer unreachable");
+                    continue;
+                }
+            };
+            let tags = match self.query_topic(channel, topic).await {
+                Ok(Some(tags)) => tags,
+                Ok(None) => {
+                    tracing::debug!(peer = %hex::encode(peer), topic = %id, "peer does not hold the topic");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %hex::encode(peer), topic = %id, error = %e, "topic query failed");
+                    continue;
+                }
+            };
+            report.peers_answered += 1;
+            self.inner
+                .topic_peers
+                .lock()
+                .expect("topic peers lock")
+                .entry(id)
+                .or_default()
+                .insert(peer);
+            for tag in tags {
+                if !held.contains(&tag.key) {
+                    match self.inner.store.tag_log(topic, &tag, false).await {
+                        Ok(_) => {
+                            held.insert(tag.key);
+                            report.new_logs.push(tag.key);
+                            self.inner.register(tag.key);
+                        }
+                        Err(StoreError::TopicLimit(why)) => {
+                            tracing::warn!(topic = %id, %why, "a topic's logs past the limit are ignored");
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if let Some(policy) = mirror {
+                    self.adopt(tag.key, policy).await?;
+                }
+            }
+        }
+        if mirror.is_some() {
+            self.inner.store.topic_checked(&id).await?;
+        }
+        Ok(report)
+    }
+
+    /// Mirrors `key`'s log because a mirrored topic lists it, under that topic's `policy`,
+    /// unless it is mirrored already or is this node's own. Returns whether it is new.
+    async fn adopt(
+        self: &Arc<Self>,
+        key: LogKey,
+        policy: MirrorPolicy,
+    ) -> Result<bool, StoreError> {
+        if self
+            .inner
+            .mirrors
+            .lock()
+            .expect("mirrors lock")
+            .contains_key(&key)
+        {
+            return Ok(false);
+        }
+        let own_tag = self
+            .inner
+            .store
+            .log_topics(&key)
+            .await?
+            .iter()
+            .any(|(_, own)| *own);
+        if own_tag || self.inner.store.writes(&key) {
+            return Ok(false);
+        }
+        let row = self
+            .inner
+            .store
+            .adopt_mirror(&key, policy.quota_bytes, policy.priority)
+            .await?;
+        let bytes = self.inner.store.entry_bytes(&[key]).await?[&key];
+        self.inner
+            .mirrors
+            .lock()
+            .expect("mirrors lock")
+            .entry(key)
+            .or_insert(MirrorState {
+                policy: MirrorPolicy {
+                    quota_bytes: row.quota_bytes,
+                    priority: row.priority,
+                },
+                bytes,
+                evicted_below: row.evicted_below,
+                peers: HashSet::new(),
+            });
+        self.inner.register(key);
+        tracing::info!(log = %key, "mirroring a log a mirrored topic lists");
+        if self.started.load(Ordering::SeqCst) {
+            if let Err(e) = self.inner.network.announce(log_topic(&key)).await {
+                tracing::debug!(log = %key, error = %e, "announcing a log failed");
+            }
+            self.follow(key);
+        }
+        Ok(true)
+    }
+
+    /// Mirrors a room by its topic: finds the topic's logs by asking the peers announced under
+    /// it, mirrors each under `policy` (its quota applies to each log on its own), answers and
+    /// announces for the topic itself, and keeps asking every `lookup_interval` for new logs.
+    /// Persisted (a restarted node goes on); calling it again updates the policy, of the logs
+    /// found so far too (unless they are mirrored by key).
+    pub async fn add_topic_mirror(
+        self: &Arc<Self>,
+        topic: &TopicKey,
+        policy: MirrorPolicy,
+    ) -> Result<TopicMirrorInfo, StoreError> {
+        let id = topic.id();
+        self.inner
+            .store
+            .set_topic_mirror(topic, policy.quota_bytes, policy.priority)
+            .await?;
+        // The store moved the policy of the logs the topic found; so does memory.
+        let rows = self.inner.store.mirrors().await?;
+        {
+            let mut mirrors = self.inner.mirrors.lock().expect("mirrors lock");
+            for row in rows {
+                if let Some(state) = mirrors.get_mut(&row.key) {
+                    state.policy = MirrorPolicy {
+                        quota_bytes: row.quota_bytes,
+                        priority: row.priority,
+                    };
+                }
+            }
+        }
+        // Logs already held under the topic (a room this node synced before) are mirrored now.
+        for tag in self.inner.store.topic_tags(&id).await? {
+            self.adopt(tag.key, policy).await?;
+        }
+        self.inner.enforce_quotas().await?;
+        if self.started.load(Ordering::SeqCst) {
+            self.follow_topic(topic.clone());
+        }
+        list_topic_mirrors(&self.inner.store, Some(&self.inner))
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| StoreError::Corrupt(format!("topic mirror {id} vanished")))
+    }
+
+    /// Asks for `topic`'s logs in the background: at once, then every `lookup_interval` (with
+    /// backoff while no peer answers), mirroring what is found under the topic mirror's stored
+    /// policy, until the topic mirror is removed or the replicator shuts down.
+    fn follow_topic(self: &Arc<Self>, topic: TopicKey) {
+        let id = topic.id();
+        let mut follows = self.topic_follows.lock().expect("topic follows lock");
+        if follows.get(&id).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let mut stop = me.inner.stop.subscribe();
+            let mut delay = me.inner.config.retry_initial;
+            loop {
+                let policy = me.inner.store.topic_mirrors().await.map(|rows| {
+                    rows.into_iter().find(|t| t.id == id).map(|t| MirrorPolicy {
+                        quota_bytes: t.quota_bytes,
+                        priority: t.priority,
+                    })
+                });
+                let answered = match policy {
+                    Ok(None) => return,
+                    Ok(Some(policy)) => match me.check_topic(&topic, Some(policy)).await {
+                        Ok(check) => {
+                            if !check.new_logs.is_empty() {
+                                tracing::info!(topic = %id, new = check.new_logs.len(), "found new logs of a mirrored topic");
+                            }
+                            check.peers_answered > 0
+                        }
+                        Err(e) => {
+                            tracing::debug!(topic = %id, error = %e, "asking for a topic's logs failed");
+                            false
+                        }
+                    },
+                    Err(e) => {
+                        tracing::warn!(topic = %id, error = %e, "reading a topic mirror failed");
+                        false
+                    }
+                };
+                let wait = if answered {
+                    delay = me.inner.config.retry_initial;
+                    me.inner.config.lookup_interval
+                } else {
+                    let d = delay;
+                    delay = (delay * 2).min(me.inner.config.retry_max);
+                    d
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+        follows.insert(id, task);
+    }
+
+    /// Stops mirroring topic `id`: no more asking for its logs; every log mirrored only because
+    /// it listed them is deleted (a log also mirrored by key or by another topic stays, under
+    /// that); the topic is forgotten for logs not this node's own, so it is no longer announced
+    /// or answered for unless the node's own logs carry it. Returns whether it was mirrored.
+    pub async fn remove_topic_mirror(self: &Arc<Self>, id: &TopicId) -> Result<bool, StoreError> {
+        if let Some(task) = self
+            .topic_follows
+            .lock()
+            .expect("topic follows lock")
+            .remove(id)
+        {
+            task.abort();
+        }
+        let dropped = match self.inner.store.remove_topic_mirror(id).await {
+            Ok(dropped) => dropped,
+            Err(e) => {
+                // Nothing changed: go on following it.
+                if self.started.load(Ordering::SeqCst)
+                    && let Ok(Some(topic)) = self.inner.store.topic(id).await
+                {
+                    self.follow_topic(topic);
+                }
+                return Err(e);
+            }
+        };
+        let Some(dropped) = dropped else {
+            return Ok(false);
+        };
+        for key in &dropped {
+            self.unfollow(key);
+            self.inner.mirrors.lock().expect("mirrors lock").remove(key);
+            self.inner
+                .known
+                .lock()
+                .expect("known lock")
+                .remove(&discovery_id(key));
+        }
+        self.inner
+            .topic_peers
+            .lock()
+            .expect("topic peers lock")
+            .remove(id);
+        tracing::info!(topic = %id, dropped = dropped.len(), "no longer mirroring a topic");
+        Ok(true)
+    }
+
+    /// Every mirrored room topic with its policy and the logs held under it, ordered by id.
+    pub async fn list_topic_mirrors(&self) -> Result<Vec<TopicMirrorInfo>, StoreError> {
+        list_topic_mirrors(&self.inner.store, Some(&self.inner)).await
+    }
+
+    /// Brings a room's logs up to date once, knowing only its topic (a reader catching up):
+    /// asks the peers announced under the topic for its logs (retrying with backoff, three
+    /// times, while none answers), keeps their tags, then syncs every log held under the topic
+    /// in turn ([`Self::sync_log`]); a log no peer can serve is reported, not fatal.
+    pub async fn sync_topic(
+        self: &Arc<Self>,
+        topic: &TopicKey,
+    ) -> Result<TopicSyncReport, StoreError> {
+        let id = topic.id();
+        let mut delay = self.inner.config.retry_initial;
+        let mut check = TopicCheck::default();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(self.inner.config.retry_max);
+            }
+            check = self.check_topic(topic, None).await?;
+            if check.peers_answered > 0 {
+                break;
+            }
+        }
+        if check.peers_answered == 0 {
+            return Err(StoreError::Network(format!(
+                "no peer answered for topic {id} ({} found)",
+                check.peers_found
+            )));
+        }
+        let mut report = TopicSyncReport {
+            topic: id,
+            peers_found: check.peers_found,
+            peers_answered: check.peers_answered,
+            logs: Vec::new(),
+        };
+        for tag in self.inner.store.topic_tags(&id).await? {
+            let synced = self.sync_log(tag.key).await;
+            let length = self.inner.store.log_info(&tag.key).await?.length;
+            report.logs.push(match synced {
+                Ok(r) => TopicLogSync {
+                    key: tag.key,
+                    length,
+                    entries_received: r.entries_received,
+                    error: None,
+                },
+                Err(e) => TopicLogSync {
+                    key: tag.key,
+                    length,
+                    entries_received: 0,
+                    error: Some(kith_service::error_chain(&e)),
+                },
+            });
+        }
+        Ok(report)
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
     }
 
     /// Cumulative counters since this replicator was made.
@@ -769,6 +1299,14 @@ impl Replicator {
     pub async fn shutdown(&self) {
         let _ = self.inner.stop.send(true);
         for (_, task) in self.follows.lock().expect("follows lock").drain() {
+            task.abort();
+        }
+        for (_, task) in self
+            .topic_follows
+            .lock()
+            .expect("topic follows lock")
+            .drain()
+        {
             task.abort();
         }
         let tasks: Vec<_> = self.tasks.lock().expect("tasks lock").drain(..).collect();

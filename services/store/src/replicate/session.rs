@@ -15,6 +15,11 @@
 //! first reply to arrive upgrades us and the others verify against the same root), and keeps up
 //! to `max_in_flight` requests outstanding per log. What is held is read from the store when the
 //! log opens, so a session after an interrupted one asks only for what is missing.
+//!
+//! Topic queries ride the same session (see [`super::wire`]): the main loop sends ours after the
+//! hello and answers the peer's (at most [`MAX_SESSION_TOPIC_QUERIES`]) from the store; an
+//! answer is accepted only for a query we sent, with the holder's proof, and with every tag's
+//! signature valid. The session is not settled while a query of ours is unanswered.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +39,7 @@ use crate::backend::{LogUpdate, PutOutcome};
 use crate::error::StoreError;
 use crate::log::{LogKey, RangeSet, SignedRoot};
 use crate::net::{PeerChannel, PeerId};
+use crate::topic::{Direction, TopicId, TopicKey, TopicTag};
 
 /// The most requests a peer may have outstanding with us in one session.
 pub const MAX_PEER_REQUESTS: usize = 16;
@@ -44,6 +50,9 @@ pub const MAX_SESSION_IN_FLIGHT: usize = MAX_PEER_REQUESTS / 2;
 
 /// The most logs one session may open.
 pub const MAX_SESSION_LOGS: usize = 1024;
+
+/// The most topic queries a peer may send in one session.
+pub const MAX_SESSION_TOPIC_QUERIES: usize = 64;
 
 /// The most fork messages a peer may send per log.
 const MAX_FORK_MESSAGES: u32 = 8;
@@ -59,13 +68,28 @@ pub struct SessionReport {
     pub bytes_received: u64,
     /// Logs whose peer's length we reached (for the peer's held entries we wanted).
     pub synced: Vec<LogKey>,
+    /// The answers to our topic queries, in the order they came.
+    pub topics: Vec<TopicAnswer>,
+}
+
+/// A peer's answer to one of our topic queries.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicAnswer {
+    pub topic: TopicId,
+    /// The tags of the logs it holds under the topic (each signature checked), or `None`: it
+    /// does not hold the topic (or did not accept our proof; it cannot be told apart).
+    pub logs: Option<Vec<TopicTag>>,
 }
 
 /// Which side of the session we are.
 pub(crate) enum Role {
-    /// We opened the stream, for these logs. `live`: stay and follow until stopped; otherwise
-    /// close once both sides have what they wanted.
-    Initiator { logs: Vec<LogKey>, live: bool },
+    /// We opened the stream, for these logs and to ask for these topics' logs. `live`: stay
+    /// and follow until stopped; otherwise close once both sides have what they wanted.
+    Initiator {
+        logs: Vec<LogKey>,
+        topics: Vec<TopicKey>,
+        live: bool,
+    },
     /// The peer opened it; we answer for logs we hold and pull what we lack of them.
     Acceptor,
 }
@@ -234,6 +258,8 @@ pub(crate) async fn run(
         requests: HashMap::new(),
         next_id: 0,
         done_sent: false,
+        asked: HashMap::new(),
+        peer_queries: 0,
         peer_done: 0,
         last_answer: 0,
         report: SessionReport {
@@ -248,7 +274,10 @@ pub(crate) async fn run(
         Role::Acceptor => (true, false),
     };
     let result = async {
-        if let Role::Initiator { logs, .. } = &role {
+        if let Role::Initiator { logs, topics, .. } = &role {
+            for topic in topics {
+                session.ask(topic.clone()).await?;
+            }
             for key in logs {
                 session.open(*key).await?;
             }
@@ -264,7 +293,14 @@ pub(crate) async fn run(
                 msg = ctl_rx.recv() => match msg {
                     Some(Incoming::Msg(seq, m)) => {
                         session.last_progress = Instant::now();
-                        if matches!(*m, Message::Open { .. } | Message::Unavailable { .. } | Message::Have { .. }) {
+                        if matches!(
+                            *m,
+                            Message::Open { .. }
+                                | Message::Unavailable { .. }
+                                | Message::Have { .. }
+                                | Message::TopicLogs { .. }
+                                | Message::TopicUnknown { .. }
+                        ) {
                             session.last_answer = seq;
                         }
                         session.handle(*m).await?;
@@ -476,6 +512,10 @@ struct Session {
     requests: HashMap<u32, Pending>,
     next_id: u32,
     done_sent: bool,
+    /// Our topic queries not answered yet.
+    asked: HashMap<TopicId, TopicKey>,
+    /// How many topic queries the peer sent.
+    peer_queries: usize,
     /// The sequence number of the peer's last `Done` (0: none yet).
     peer_done: u64,
     /// The sequence number of the peer's last `Open`, `Unavailable` or `Have`.
@@ -538,8 +578,102 @@ impl Session {
         .await
     }
 
+    /// Asks the peer for the logs it holds under `topic`.
+    async fn ask(&mut self, topic: TopicKey) -> Result<(), StoreError> {
+        let id = topic.id();
+        if self.asked.contains_key(&id) {
+            return Ok(());
+        }
+        let capability = topic.capability(
+            Direction::Query,
+            &self.their_nonce,
+            &self.inner.local_peer(),
+            &self.peer,
+        );
+        self.asked.insert(id, topic);
+        self.send(Message::TopicQuery {
+            topic: id,
+            capability,
+        })
+        .await
+    }
+
+    /// The peer asks for a topic's logs: answered only if we hold the topic and its proof is
+    /// right; otherwise `TopicUnknown`, the same either way.
+    async fn on_topic_query(
+        &mut self,
+        topic: TopicId,
+        capability: [u8; 32],
+    ) -> Result<(), StoreError> {
+        self.peer_queries += 1;
+        if self.peer_queries > MAX_SESSION_TOPIC_QUERIES {
+            return Err(protocol("too many topic queries".into()));
+        }
+        // The peer hears from us again once we are settled.
+        self.done_sent = false;
+        let me = self.inner.local_peer();
+        let proven = match self.inner.store.topic(&topic).await? {
+            Some(key) if key.check(&capability, Direction::Query, &self.nonce, &self.peer, &me) => {
+                Some(key)
+            }
+            _ => None,
+        };
+        let Some(key) = proven else {
+            tracing::debug!(peer = %hex::encode(&self.peer[..8]), "topic query not answered");
+            return self.send(Message::TopicUnknown { topic }).await;
+        };
+        let logs = self.inner.store.topic_tags(&topic).await?;
+        self.send(Message::TopicLogs {
+            topic,
+            capability: key.capability(Direction::Answer, &self.their_nonce, &me, &self.peer),
+            logs,
+        })
+        .await
+    }
+
+    /// The peer answers one of our topic queries.
+    fn on_topic_answer(
+        &mut self,
+        topic: TopicId,
+        answer: Option<([u8; 32], Vec<TopicTag>)>,
+    ) -> Result<(), StoreError> {
+        let key = self
+            .asked
+            .remove(&topic)
+            .ok_or_else(|| protocol("topic answer to no query".into()))?;
+        let logs = match answer {
+            None => None,
+            Some((capability, logs)) => {
+                let me = self.inner.local_peer();
+                if !key.check(&capability, Direction::Answer, &self.nonce, &self.peer, &me) {
+                    return Err(protocol("bad capability in topic answer".into()));
+                }
+                for tag in &logs {
+                    tag.verify(&topic).map_err(|_| {
+                        protocol(format!(
+                            "topic answer lists log {} without its writer's tag",
+                            tag.key
+                        ))
+                    })?;
+                }
+                Some(logs)
+            }
+        };
+        self.report.topics.push(TopicAnswer { topic, logs });
+        Ok(())
+    }
+
     async fn handle(&mut self, msg: Message) -> Result<(), StoreError> {
         match msg {
+            Message::TopicQuery { topic, capability } => {
+                self.on_topic_query(topic, capability).await
+            }
+            Message::TopicLogs {
+                topic,
+                capability,
+                logs,
+            } => self.on_topic_answer(topic, Some((capability, logs))),
+            Message::TopicUnknown { topic } => self.on_topic_answer(topic, None),
             Message::Hello { .. } => Err(protocol("a second hello".into())),
             Message::Open {
                 discovery,
@@ -979,7 +1113,7 @@ impl Session {
     }
 
     fn settled(&self) -> bool {
-        self.chans.values().all(Chan::settled)
+        self.asked.is_empty() && self.chans.values().all(Chan::settled)
     }
 
     /// An initiator that is not following: both sides have what they wanted.
@@ -997,6 +1131,7 @@ impl Session {
     /// `Done`): end it as done.
     fn check_timeout(&self, one_shot: bool) -> Result<bool, StoreError> {
         let waiting = !self.requests.is_empty()
+            || !self.asked.is_empty()
             || self
                 .chans
                 .values()

@@ -13,6 +13,16 @@
 //! Nothing that reveals the key (a signed root) is sent for a log before the peer proved it
 //! knows the key.
 //!
+//! Either side may also ask for the logs the other holds under a room's discovery topic
+//! ([`crate::topic`]): `TopicQuery` names the topic by its public id and proves knowledge of
+//! the topic with a capability bound to the receiver's nonce, the direction and both peer ids.
+//! A holder that knows the topic and accepts the proof answers `TopicLogs` — its own proof for
+//! the asker, then the writers' signed tags of at most [`MAX_TOPIC_LOGS`] logs, in strictly
+//! ascending key order (so no duplicates); anything else (an unknown topic, a wrong proof) gets
+//! `TopicUnknown`, the same answer either way, so a peer that cannot prove the topic learns not
+//! even whether the holder has it. The tags' signatures are checked by the session that asked,
+//! before anything is kept (decoding only checks their keys).
+//!
 //! | kind | message | body |
 //! |---|---|---|
 //! | 1 | `Hello` | version u8 ‖ nonce \[32\] |
@@ -24,6 +34,9 @@
 //! | 7 | `NoData` | discovery ‖ id u32 |
 //! | 8 | `Fork` | discovery ‖ len u32 ‖ evidence |
 //! | 9 | `Done` | (empty) |
+//! | 10 | `TopicQuery` | topic id \[32\] ‖ capability \[32\] |
+//! | 11 | `TopicLogs` | topic id \[32\] ‖ capability \[32\] ‖ n u32 ‖ (log key \[32\] ‖ signature \[64\]) × n |
+//! | 12 | `TopicUnknown` | topic id \[32\] |
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -31,6 +44,7 @@ use crate::error::StoreError;
 use crate::log::proof::MAX_PROOF_NODES;
 use crate::log::root::SIGNED_ROOT_BYTES;
 use crate::log::{ForkEvidence, LogKey, MAX_ENTRY_BYTES, Proof, RangeSet, SignedRoot};
+use crate::topic::{MAX_TOPIC_LOGS, TopicId, TopicTag};
 
 /// The protocol's ALPN.
 pub const ALPN: &str = "kith/store/1";
@@ -60,6 +74,7 @@ const _: () = assert!(
         < MAX_FRAME_BYTES
 );
 const _: () = assert!(MAX_ENTRY_BYTES as u64 <= MAX_REPLY_BYTES);
+const _: () = assert!(1 + 64 + 4 + 96 * MAX_TOPIC_LOGS < MAX_FRAME_BYTES);
 
 /// A log's name on the wire: `BLAKE3-keyed(key, "kith-store discovery v1")`, like hypercore's
 /// discovery key.
@@ -124,6 +139,22 @@ pub enum Message {
     },
     /// "I want nothing more from you for now."
     Done,
+    /// "Which logs do you hold under this topic? I know it (the capability proves it)."
+    TopicQuery {
+        topic: TopicId,
+        capability: [u8; 32],
+    },
+    /// The answer to a `TopicQuery` the sender accepted: its own proof that it knows the topic
+    /// and the tags of the logs it holds under it (strictly ascending keys, at most
+    /// [`MAX_TOPIC_LOGS`]).
+    TopicLogs {
+        topic: TopicId,
+        capability: [u8; 32],
+        logs: Vec<TopicTag>,
+    },
+    /// The answer to a `TopicQuery` for a topic the sender does not hold, or whose proof was
+    /// wrong (indistinguishable on purpose).
+    TopicUnknown { topic: TopicId },
 }
 
 const HELLO: u8 = 1;
@@ -135,6 +166,9 @@ const DATA: u8 = 6;
 const NO_DATA: u8 = 7;
 const FORK: u8 = 8;
 const DONE: u8 = 9;
+const TOPIC_QUERY: u8 = 10;
+const TOPIC_LOGS: u8 = 11;
+const TOPIC_UNKNOWN: u8 = 12;
 
 fn bad(what: &str) -> StoreError {
     StoreError::Protocol(what.to_owned())
@@ -190,6 +224,9 @@ impl Message {
             Message::NoData { .. } => "no-data",
             Message::Fork { .. } => "fork",
             Message::Done => "done",
+            Message::TopicQuery { .. } => "topic-query",
+            Message::TopicLogs { .. } => "topic-logs",
+            Message::TopicUnknown { .. } => "topic-unknown",
         }
     }
 
@@ -285,6 +322,29 @@ impl Message {
                 out.extend_from_slice(&bytes);
             }
             Message::Done => out.push(DONE),
+            Message::TopicQuery { topic, capability } => {
+                out.push(TOPIC_QUERY);
+                out.extend_from_slice(topic.as_bytes());
+                out.extend_from_slice(capability);
+            }
+            Message::TopicLogs {
+                topic,
+                capability,
+                logs,
+            } => {
+                out.push(TOPIC_LOGS);
+                out.extend_from_slice(topic.as_bytes());
+                out.extend_from_slice(capability);
+                out.extend_from_slice(&(logs.len() as u32).to_le_bytes());
+                for tag in logs {
+                    out.extend_from_slice(tag.key.as_bytes());
+                    out.extend_from_slice(&tag.signature);
+                }
+            }
+            Message::TopicUnknown { topic } => {
+                out.push(TOPIC_UNKNOWN);
+                out.extend_from_slice(topic.as_bytes());
+            }
         }
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_le_bytes());
@@ -417,6 +477,36 @@ impl Message {
                 }
             }
             DONE => Message::Done,
+            TOPIC_QUERY => Message::TopicQuery {
+                topic: TopicId(r.array("topic-query")?),
+                capability: r.array("topic-query")?,
+            },
+            TOPIC_LOGS => {
+                let topic = TopicId(r.array("topic-logs")?);
+                let capability = r.array("topic-logs")?;
+                let n = r.u32("topic-logs")? as usize;
+                if n > MAX_TOPIC_LOGS {
+                    return Err(bad("topic-logs: too many logs"));
+                }
+                let mut logs: Vec<TopicTag> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let key = LogKey::from_bytes(r.array("topic-logs key")?)
+                        .map_err(|e| bad(&format!("topic-logs key: {e}")))?;
+                    if logs.last().is_some_and(|l| l.key >= key) {
+                        return Err(bad("topic-logs: keys not strictly ascending"));
+                    }
+                    let signature = r.take(64, "topic-logs signature")?.try_into().expect("64");
+                    logs.push(TopicTag { key, signature });
+                }
+                Message::TopicLogs {
+                    topic,
+                    capability,
+                    logs,
+                }
+            }
+            TOPIC_UNKNOWN => Message::TopicUnknown {
+                topic: TopicId(r.array("topic-unknown")?),
+            },
             other => return Err(bad(&format!("unknown message kind {other}"))),
         };
         r.end(msg.kind())?;
@@ -524,7 +614,34 @@ mod tests {
                 id: 1,
             },
             Message::Done,
+            Message::TopicQuery {
+                topic: TopicId([3; 32]),
+                capability: [4; 32],
+            },
+            Message::TopicLogs {
+                topic: TopicId([3; 32]),
+                capability: [5; 32],
+                logs: tags(3),
+            },
+            Message::TopicLogs {
+                topic: TopicId([3; 32]),
+                capability: [5; 32],
+                logs: Vec::new(),
+            },
+            Message::TopicUnknown {
+                topic: TopicId([3; 32]),
+            },
         ]
+    }
+
+    /// `n` valid tags in ascending key order.
+    fn tags(n: u8) -> Vec<TopicTag> {
+        let id = TopicId([3; 32]);
+        let mut tags: Vec<TopicTag> = (0..n)
+            .map(|i| TopicTag::sign(&Ed25519Signer::from_seed([i + 1; 32]), &id))
+            .collect();
+        tags.sort_by_key(|t| t.key);
+        tags
     }
 
     #[test]
@@ -594,6 +711,24 @@ mod tests {
         let len_at = 4 + 1 + 32 + 4 + 8 + 4;
         data[len_at..len_at + 4].copy_from_slice(&(MAX_ENTRY_BYTES as u32 + 1).to_le_bytes());
         assert!(Message::decode(&data[4..]).is_err());
+        // Topic answers: too many logs, keys out of order or repeated, a small-order key.
+        let logs = |logs: Vec<TopicTag>| Message::TopicLogs {
+            topic: TopicId([3; 32]),
+            capability: [5; 32],
+            logs,
+        };
+        let mut many = logs(Vec::new()).encode();
+        many[4 + 1 + 64..4 + 1 + 68].copy_from_slice(&(MAX_TOPIC_LOGS as u32 + 1).to_le_bytes());
+        assert!(Message::decode(&many[4..]).is_err());
+        let mut reversed = tags(3);
+        reversed.reverse();
+        assert!(Message::decode(&logs(reversed).encode()[4..]).is_err());
+        let twice = vec![tags(1)[0], tags(1)[0]];
+        assert!(Message::decode(&logs(twice).encode()[4..]).is_err());
+        let mut weak = logs(tags(1)).encode();
+        weak[4 + 1 + 68..4 + 1 + 100].copy_from_slice(&[0; 32]);
+        weak[4 + 1 + 68] = 1; // the identity point: small order
+        assert!(Message::decode(&weak[4..]).is_err());
         // Trailing bytes.
         let mut done = Message::Done.encode();
         done.push(0);
@@ -607,7 +742,7 @@ mod tests {
         }
 
         #[test]
-        fn truncations_never_decode_to_something_else(k in 0usize..9, cut in 0usize..2000) {
+        fn truncations_never_decode_to_something_else(k in 0usize..13, cut in 0usize..2000) {
             let m = &samples()[k];
             let frame = m.encode();
             let body = &frame[4..];
