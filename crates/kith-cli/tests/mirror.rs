@@ -11,6 +11,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};

@@ -31,8 +31,8 @@ use crate::log::RangeSet;
 
 /// Blocks per write transaction (4 MiB) and at most per read.
 pub const BATCH_BLOCKS: u64 = 64;
-/// Blocks per multi-row insert (3 binds each).
-const INSERT_ROWS: usize = 16;
+/// Blocks per multi-row insert (3 binds each: a whole batch is one statement).
+const INSERT_ROWS: usize = BATCH_BLOCKS as usize;
 
 /// The bytes of held block `b` of file `f` (0 for no block: a `LEFT JOIN` without a match), from
 /// the file's size, since a block's data may be in a data file rather than the row.
