@@ -338,13 +338,18 @@ enum Evil {
 /// A peer that speaks the protocol until it lies. It holds `key`'s log in `store` (a copy of
 /// the writer's) and the root of another log.
 async fn evil_peer(
+    me: PeerId,
     ch: PeerChannel,
     store: Arc<Store>,
     key: LogKey,
     other: Ed25519Signer,
     how: Evil,
 ) {
-    let PeerChannel { mut send, recv, .. } = ch;
+    let PeerChannel {
+        peer: them,
+        mut send,
+        recv,
+    } = ch;
     let mut recv = BufReader::new(recv);
     let mut buf = Vec::new();
     let Ok(Some(Message::Hello { nonce: theirs, .. })) =
@@ -380,7 +385,7 @@ async fn evil_peer(
     let root = info.root.unwrap();
     let mut out = Message::Open {
         discovery,
-        capability: capability(&key, &theirs),
+        capability: capability(&key, &theirs, &me, &them),
     }
     .encode();
     let have = Message::Have {
@@ -524,6 +529,7 @@ async fn malicious_peers_are_cut_off_and_honest_replication_completes() {
         for (k, how) in cases.into_iter().enumerate() {
             let (ours, theirs) = pipe(reader.peer, liar.peer, None);
             let evil = tokio::spawn(evil_peer(
+                liar.peer,
                 theirs,
                 liar.store.clone(),
                 key,
@@ -547,6 +553,7 @@ async fn malicious_peers_are_cut_off_and_honest_replication_completes() {
         // replication completes and the log verifies.
         let (ours, theirs) = pipe(reader.peer, liar.peer, None);
         let evil = tokio::spawn(evil_peer(
+            liar.peer,
             theirs,
             liar.store.clone(),
             key,
@@ -587,37 +594,50 @@ async fn an_unknown_log_is_unavailable_and_reveals_nothing() {
     assert!(r.synced.is_empty());
 
     // A peer that knows only the discovery id cannot open the log: its capability is wrong.
-    let (ours, theirs) = pipe(b.peer, a.peer, None);
-    let server = tokio::spawn({
-        let repl = a.repl.clone();
-        async move { repl.handle(theirs).await }
-    });
-    let PeerChannel { mut send, recv, .. } = ours;
-    let mut recv = BufReader::new(recv);
-    let mut buf = Vec::new();
-    let _hello = wire::read_message(&mut recv, &mut buf).await.unwrap();
+    // Nor can one that relays a capability another peer who knows the key made for this
+    // session (a man in the middle): it names that peer as the sender, not the relay.
     a.repl.start().await.unwrap(); // registers a's logs
-    let mut out = Message::Hello {
-        version: wire::VERSION,
-        nonce: [1; 32],
-    }
-    .encode();
-    out.extend_from_slice(
-        &Message::Open {
-            discovery: discovery_id(&signer.log_key()),
-            capability: [0; 32],
+    for relayed in [false, true] {
+        let (ours, theirs) = pipe(b.peer, a.peer, None);
+        let server = tokio::spawn({
+            let repl = a.repl.clone();
+            async move { repl.handle(theirs).await }
+        });
+        let PeerChannel { mut send, recv, .. } = ours;
+        let mut recv = BufReader::new(recv);
+        let mut buf = Vec::new();
+        let Some(Message::Hello { nonce, .. }) =
+            wire::read_message(&mut recv, &mut buf).await.unwrap()
+        else {
+            panic!("no hello");
+        };
+        let cap = if relayed {
+            capability(&signer.log_key(), &nonce, &[9; 32], &a.peer)
+        } else {
+            [0; 32]
+        };
+        let mut out = Message::Hello {
+            version: wire::VERSION,
+            nonce: [1; 32],
         }
-        .encode(),
-    );
-    send.write_all(&out).await.unwrap();
-    // Nothing about the log comes back (no Open, no root): at most a `Done`, then the end.
-    while let Ok(Some(msg)) = wire::read_message(&mut recv, &mut buf).await {
-        assert_eq!(msg, Message::Done);
+        .encode();
+        out.extend_from_slice(
+            &Message::Open {
+                discovery: discovery_id(&signer.log_key()),
+                capability: cap,
+            }
+            .encode(),
+        );
+        send.write_all(&out).await.unwrap();
+        // Nothing about the log comes back (no Open, no root): at most a `Done`, then the end.
+        while let Ok(Some(msg)) = wire::read_message(&mut recv, &mut buf).await {
+            assert_eq!(msg, Message::Done, "relayed: {relayed}");
+        }
+        assert!(
+            matches!(server.await.unwrap(), Err(StoreError::Protocol(_))),
+            "relayed: {relayed}"
+        );
     }
-    assert!(matches!(
-        server.await.unwrap(),
-        Err(StoreError::Protocol(_))
-    ));
     a.repl.shutdown().await;
 }
 
@@ -1200,7 +1220,7 @@ async fn a_peer_with_too_many_requests_outstanding_is_cut_off() {
     out.extend(
         Message::Open {
             discovery,
-            capability: capability(&key, &nonce),
+            capability: capability(&key, &nonce, &[2; 32], &server.peer),
         }
         .encode(),
     );

@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::Inner;
 use super::wire::{
     self, Discovery, MAX_REPLY_BYTES, MAX_REQUEST_ENTRIES, Message, VERSION, capability,
-    discovery_id,
+    check_capability, discovery_id,
 };
 use crate::backend::{LogUpdate, PutOutcome};
 use crate::error::StoreError;
@@ -573,7 +573,12 @@ impl Session {
         self.chans.insert(discovery, chan);
         self.send(Message::Open {
             discovery,
-            capability: capability(&key, &self.their_nonce),
+            capability: capability(
+                &key,
+                &self.their_nonce,
+                &self.inner.local_peer(),
+                &self.peer,
+            ),
         })
         .await
     }
@@ -749,7 +754,13 @@ impl Session {
             if chan.they_opened || !chan.we_opened || chan.unavailable {
                 return Err(protocol("log opened twice".into()));
             }
-            if cap != capability(&chan.key, &self.nonce) {
+            if !check_capability(
+                &chan.key,
+                &cap,
+                &self.nonce,
+                &self.peer,
+                &self.inner.local_peer(),
+            ) {
                 return Err(protocol("bad capability in open".into()));
             }
             chan.they_opened = true;
@@ -764,7 +775,13 @@ impl Session {
             self.done_sent = false;
             return self.send(Message::Unavailable { discovery }).await;
         };
-        if cap != capability(&key, &self.nonce) {
+        if !check_capability(
+            &key,
+            &cap,
+            &self.nonce,
+            &self.peer,
+            &self.inner.local_peer(),
+        ) {
             return Err(protocol("bad capability in open".into()));
         }
         let mut chan = self.load(key).await?;
@@ -773,7 +790,12 @@ impl Session {
         self.chans.insert(discovery, chan);
         self.send(Message::Open {
             discovery,
-            capability: capability(&key, &self.their_nonce),
+            capability: capability(
+                &key,
+                &self.their_nonce,
+                &self.inner.local_peer(),
+                &self.peer,
+            ),
         })
         .await?;
         self.opened(discovery).await

@@ -9,7 +9,8 @@
 //! Logs are named by their *discovery id* ([`discovery_id`]), a keyed hash of the log key: a
 //! peer that does not know a log's key cannot tell which log an id is, and cannot open it,
 //! because [`Message::Open`] carries a capability ([`capability`]) only a holder of the key can
-//! compute, bound to the receiver's random session nonce (so it cannot be replayed elsewhere).
+//! compute, bound to the receiver's random session nonce and both peer ids (so it cannot be
+//! replayed in another session or relayed to a third peer).
 //! Nothing that reveals the key (a signed root) is sent for a log before the peer proved it
 //! knows the key.
 //!
@@ -85,11 +86,33 @@ pub fn discovery_id(key: &LogKey) -> Discovery {
     *blake3::keyed_hash(key.as_bytes(), b"kith-store discovery v1").as_bytes()
 }
 
-/// Proof that the sender of an `Open` knows the log's key: a MAC of the receiver's session
-/// nonce under a key derived from the log key.
-pub fn capability(key: &LogKey, receiver_nonce: &[u8; 32]) -> [u8; 32] {
-    let mac_key = blake3::derive_key("kith-store capability v1", key.as_bytes());
-    *blake3::keyed_hash(&mac_key, receiver_nonce).as_bytes()
+/// Proof that the sender of an `Open` knows the log's key: a MAC, under a key derived from the
+/// log key, of the receiver's session nonce and both peers' ids (which the transport
+/// authenticates), so it works in no other session and cannot be relayed to a third peer.
+pub fn capability(
+    key: &LogKey,
+    receiver_nonce: &[u8; 32],
+    sender: &[u8; 32],
+    receiver: &[u8; 32],
+) -> [u8; 32] {
+    let mac_key = blake3::derive_key("kith-store capability v2", key.as_bytes());
+    let mut mac = blake3::Hasher::new_keyed(&mac_key);
+    mac.update(receiver_nonce);
+    mac.update(sender);
+    mac.update(receiver);
+    *mac.finalize().as_bytes()
+}
+
+/// Whether `cap` is [`capability`] for these values (compared in constant time).
+pub fn check_capability(
+    key: &LogKey,
+    cap: &[u8; 32],
+    receiver_nonce: &[u8; 32],
+    sender: &[u8; 32],
+    receiver: &[u8; 32],
+) -> bool {
+    blake3::Hash::from(*cap)
+        == blake3::Hash::from(capability(key, receiver_nonce, sender, receiver))
 }
 
 /// One protocol message.
