@@ -197,6 +197,42 @@ async fn a_reopened_store_continues_the_same_tree() {
 }
 
 #[tokio::test]
+async fn a_log_this_node_wrote_stays_its_own_after_a_restart_and_a_migration() {
+    for db in backends().await {
+        let signer = Ed25519Signer::from_seed([3; 32]);
+        let key = signer.log_key();
+        let store = db.open().await;
+        append_range(&store, &signer, 3, 0, 5, 5).await;
+        assert!(store.writes(&key));
+        store.close().await;
+        drop(store);
+
+        // A new process that has not appended yet still knows the log is its own: it is not
+        // mirrored (a mirror's quota could evict it), evicted or deleted.
+        let store = db.open().await;
+        assert!(store.writes(&key), "{}", db.name);
+        assert!(matches!(
+            store.set_mirror(&key, Some(1), 0).await,
+            Err(StoreError::Malformed(_))
+        ));
+        assert!(store.evict_oldest(&key, 1024).await.is_err());
+        assert!(store.mirrors().await.unwrap().is_empty());
+        assert_eq!(store.log_info(&key).await.unwrap().held_entries, 5);
+        // Another log (a reader's copy) is not.
+        assert!(!store.writes(&Ed25519Signer::from_seed([4; 32]).log_key()));
+
+        // `store migrate` carries it.
+        let to = common::sqlite();
+        let copy = to.open().await;
+        let report = copy_store(&store, &copy).await.unwrap();
+        assert_eq!(report.own_logs, 1);
+        assert!(copy.writes(&key), "{}", db.name);
+        store.close().await;
+        copy.close().await;
+    }
+}
+
+#[tokio::test]
 async fn migrations_are_idempotent_and_a_newer_schema_is_refused() {
     for db in backends().await {
         let store = db.open().await;

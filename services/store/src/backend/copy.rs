@@ -27,6 +27,8 @@ pub struct CopyReport {
     pub mailbox_records: u64,
     /// Mirrored logs whose policy and eviction mark were carried over.
     pub mirrors: u64,
+    /// Logs recorded as the node's own (never mirrored or evicted) in the destination too.
+    pub own_logs: u64,
     /// Logs' topic tags carried over (each signature verified on the way in).
     pub topic_tags: u64,
     /// Mirrored topics whose policy was carried over.
@@ -83,6 +85,11 @@ pub async fn copy_store(from: &Store, to: &Store) -> Result<CopyReport, StoreErr
             to.add_fork_evidence(evidence).await?;
             report.fork_evidence += 1;
         }
+    }
+    // The node's own logs stay its own.
+    for key in from.own_logs().await? {
+        to.mark_own(&key).await?;
+        report.own_logs += 1;
     }
     // Mirrored topics, then mirrors, keep their policy, how they were added and what they
     // evicted (so it is not fetched again); then the topics logs carry, every tag checked.

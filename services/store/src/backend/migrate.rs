@@ -48,6 +48,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         description: "topics",
         sql: include_str!("../../migrations/sqlite/0005_topics.sql"),
     },
+    Migration {
+        version: 6,
+        description: "own logs",
+        sql: include_str!("../../migrations/sqlite/0006_own_logs.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -75,6 +80,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 5,
         description: "topics",
         sql: include_str!("../../migrations/postgres/0005_topics.sql"),
+    },
+    Migration {
+        version: 6,
+        description: "own logs",
+        sql: include_str!("../../migrations/postgres/0006_own_logs.sql"),
     },
 ];
 
@@ -208,6 +218,7 @@ mod tests {
             (4, "topics"),
             (4, "log_topics"),
             (4, "topic_mirrors"),
+            (5, "own_logs"),
         ] {
             let create = format!("CREATE TABLE {table} (");
             assert!(SQLITE[m].sql.contains(&create), "{table}");

@@ -28,7 +28,7 @@ mod migrate;
 
 pub use copy::{CopyReport, copy_store};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -224,6 +224,9 @@ pub struct Store {
     /// One lock per log this process appends to, so appends to a log are serialised here; other
     /// processes are caught by the optimistic length check.
     writers: Mutex<HashMap<LogKey, Arc<tokio::sync::Mutex<Option<WriterState>>>>>,
+    /// The logs this node writes, as recorded in `own_logs` (loaded at open, added to when a
+    /// writer first appends here).
+    own: Mutex<HashSet<LogKey>>,
     /// What [`Store::subscribe`] hands out: one message per committed change to a log.
     updates: tokio::sync::broadcast::Sender<LogUpdate>,
     /// Where file block data is kept (see [`Store::open_with_blob_dir`]); `None`: in the
@@ -486,9 +489,25 @@ impl Store {
             ));
         };
         migrate::run(&db).await?;
+        let own = on_db!(&db, pool, DB => {
+            sqlx::query_scalar::<_, Vec<u8>>("SELECT key FROM own_logs")
+                .fetch_all(pool)
+                .await?
+        });
+        let own = own
+            .into_iter()
+            .map(|k| {
+                let bytes: [u8; 32] = k
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("an own log's key is not 32 bytes".into()))?;
+                LogKey::from_bytes(bytes)
+                    .map_err(|_| StoreError::Corrupt("an own log's key is not a public key".into()))
+            })
+            .collect::<Result<HashSet<_>, _>>()?;
         Ok(Store {
             db,
             writers: Mutex::new(HashMap::new()),
+            own: Mutex::new(own),
             updates: tokio::sync::broadcast::channel(UPDATE_CAPACITY).0,
             blobs: None,
         })
@@ -514,13 +533,43 @@ impl Store {
         let _ = self.updates.send(update);
     }
 
-    /// Whether this process has appended to `key`'s log (it holds the writer's key): such a log
-    /// is the node's own, never evicted.
+    /// Whether `key`'s log is this node's own: it appended to it with the writer's key, in this
+    /// process or an earlier one (recorded in `own_logs`). Such a log is never mirrored,
+    /// evicted or deleted.
     pub fn writes(&self, key: &LogKey) -> bool {
         self.writers
             .lock()
             .expect("writers lock poisoned")
             .contains_key(key)
+            || self.own.lock().expect("own lock poisoned").contains(key)
+    }
+
+    /// The logs recorded as this node's own, sorted.
+    pub async fn own_logs(&self) -> Result<Vec<LogKey>, StoreError> {
+        let mut keys: Vec<LogKey> = self
+            .own
+            .lock()
+            .expect("own lock poisoned")
+            .iter()
+            .copied()
+            .collect();
+        keys.sort_by_key(|k| *k.as_bytes());
+        Ok(keys)
+    }
+
+    /// Records `key`'s log as this node's own (see [`Store::writes`]).
+    pub async fn mark_own(&self, key: &LogKey) -> Result<(), StoreError> {
+        if self.own.lock().expect("own lock poisoned").contains(key) {
+            return Ok(());
+        }
+        on_db!(&self.db, pool, DB => {
+            sqlx::query("INSERT INTO own_logs (key) VALUES ($1) ON CONFLICT (key) DO NOTHING")
+                .bind(key.as_bytes().as_slice())
+                .execute(pool)
+                .await?;
+        });
+        self.own.lock().expect("own lock poisoned").insert(*key);
+        Ok(())
     }
 
     /// Closes the pool (waits for connections to be returned).
@@ -723,6 +772,7 @@ impl Store {
 
     async fn load_writer(&self, key: &LogKey) -> Result<WriterState, StoreError> {
         let row = self.ensure_log(key).await?;
+        self.mark_own(key).await?;
         if row.forked {
             return Err(StoreError::Forked { key: *key });
         }
