@@ -94,30 +94,16 @@ impl Store {
         quota_bytes: Option<u64>,
         priority: i32,
     ) -> Result<MirrorRow, StoreError> {
-        if self.writes(key) {
-            return Err(StoreError::Malformed(
-                "cannot mirror a log this node writes",
-            ));
-        }
-        let row = self.ensure_log(key).await?;
-        let quota = quota_bytes.map(to_i64).transpose()?;
-        on_db!(&self.db, pool, DB => {
-            sqlx::query(
-                "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms, by_key) \
-                 VALUES ($1, $2, $3, $4, 1) \
-                 ON CONFLICT (log_id) DO UPDATE SET quota_bytes = excluded.quota_bytes, \
-                 priority = excluded.priority, by_key = 1",
-            )
-            .bind(row.id)
-            .bind(quota)
-            .bind(i64::from(priority))
-            .bind(to_i64(now_ms())?)
-            .execute(pool)
-            .await?;
-        });
-        self.mirror(key)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("mirror {key} vanished after insert")))
+        self.insert_mirror(
+            key,
+            quota_bytes,
+            priority,
+            "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms, by_key) \
+             VALUES ($1, $2, $3, $4, 1) \
+             ON CONFLICT (log_id) DO UPDATE SET quota_bytes = excluded.quota_bytes, \
+             priority = excluded.priority, by_key = 1",
+        )
+        .await
     }
 
     /// Records `key` as mirrored because a mirrored topic listed it, with that topic's policy,
@@ -129,6 +115,25 @@ impl Store {
         quota_bytes: Option<u64>,
         priority: i32,
     ) -> Result<MirrorRow, StoreError> {
+        self.insert_mirror(
+            key,
+            quota_bytes,
+            priority,
+            "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms, by_key) \
+             VALUES ($1, $2, $3, $4, 0) ON CONFLICT (log_id) DO NOTHING",
+        )
+        .await
+    }
+
+    /// Runs `insert` (binding log row, quota, priority, now) for `key`, creating the log if
+    /// needed, and returns the mirror record. Refused for a log this node writes.
+    async fn insert_mirror(
+        &self,
+        key: &LogKey,
+        quota_bytes: Option<u64>,
+        priority: i32,
+        insert: &'static str,
+    ) -> Result<MirrorRow, StoreError> {
         if self.writes(key) {
             return Err(StoreError::Malformed(
                 "cannot mirror a log this node writes",
@@ -137,16 +142,13 @@ impl Store {
         let row = self.ensure_log(key).await?;
         let quota = quota_bytes.map(to_i64).transpose()?;
         on_db!(&self.db, pool, DB => {
-            sqlx::query(
-                "INSERT INTO mirrors (log_id, quota_bytes, priority, added_ms, by_key) \
-                 VALUES ($1, $2, $3, $4, 0) ON CONFLICT (log_id) DO NOTHING",
-            )
-            .bind(row.id)
-            .bind(quota)
-            .bind(i64::from(priority))
-            .bind(to_i64(now_ms())?)
-            .execute(pool)
-            .await?;
+            sqlx::query(insert)
+                .bind(row.id)
+                .bind(quota)
+                .bind(i64::from(priority))
+                .bind(to_i64(now_ms())?)
+                .execute(pool)
+                .await?;
         });
         self.mirror(key)
             .await?

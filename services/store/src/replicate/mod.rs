@@ -824,14 +824,7 @@ impl Replicator {
                     .expect("following lock")
                     .iter()
                     .any(|(_, k)| *k == key);
-                let wait = if connected {
-                    delay = me.inner.config.retry_initial;
-                    me.inner.config.lookup_interval
-                } else {
-                    let d = delay;
-                    delay = (delay * 2).min(me.inner.config.retry_max);
-                    d
-                };
+                let wait = next_wait(&me.inner.config, connected, &mut delay);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return,
@@ -1157,14 +1150,7 @@ impl Replicator {
                         false
                     }
                 };
-                let wait = if answered {
-                    delay = me.inner.config.retry_initial;
-                    me.inner.config.lookup_interval
-                } else {
-                    let d = delay;
-                    delay = (delay * 2).min(me.inner.config.retry_max);
-                    d
-                };
+                let wait = next_wait(&me.inner.config, answered, &mut delay);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return,
@@ -1318,5 +1304,18 @@ impl Replicator {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+}
+
+/// How long a follow loop waits before looking again: the lookup interval once a peer answered
+/// (resetting the backoff), else the current backoff, which doubles up to `retry_max`.
+fn next_wait(config: &ReplicatorConfig, answered: bool, delay: &mut Duration) -> Duration {
+    if answered {
+        *delay = config.retry_initial;
+        config.lookup_interval
+    } else {
+        let d = *delay;
+        *delay = (d * 2).min(config.retry_max);
+        d
     }
 }
