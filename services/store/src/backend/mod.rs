@@ -545,7 +545,7 @@ impl Store {
     }
 
     /// The logs recorded as this node's own, sorted.
-    pub async fn own_logs(&self) -> Result<Vec<LogKey>, StoreError> {
+    pub fn own_logs(&self) -> Vec<LogKey> {
         let mut keys: Vec<LogKey> = self
             .own
             .lock()
@@ -554,7 +554,7 @@ impl Store {
             .copied()
             .collect();
         keys.sort_by_key(|k| *k.as_bytes());
-        Ok(keys)
+        keys
     }
 
     /// Records `key`'s log as this node's own (see [`Store::writes`]).

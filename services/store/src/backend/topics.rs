@@ -15,6 +15,24 @@ use crate::error::StoreError;
 use crate::log::LogKey;
 use crate::topic::{MAX_LOG_TOPICS, MAX_TOPIC_LOGS, TopicId, TopicKey, TopicTag};
 
+/// Inside a write transaction `$tx`: the row id of topic `$topic` (its id `$id`), inserting the
+/// topic first if it is new.
+macro_rules! topic_row {
+    ($tx:ident, $id:expr, $topic:expr) => {{
+        sqlx::query("INSERT INTO topics (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+            .bind($id.as_bytes().as_slice())
+            .bind($topic.as_bytes().as_slice())
+            .execute(&mut *$tx)
+            .await?;
+        let row: i64 = sqlx::query("SELECT id FROM topics WHERE name = $1")
+            .bind($id.as_bytes().as_slice())
+            .fetch_one(&mut *$tx)
+            .await?
+            .try_get(0)?;
+        row
+    }};
+}
+
 /// Drops topic rows nothing refers to any more.
 pub(crate) const FORGET_UNUSED_TOPICS: &str = "DELETE FROM topics WHERE \
      NOT EXISTS (SELECT 1 FROM log_topics lt WHERE lt.topic = topics.id) \
@@ -132,16 +150,7 @@ impl Store {
         tag.verify(&id)?;
         let log = self.ensure_log(&tag.key).await?;
         in_write_tx!(&self.db, tx, DB => {
-            sqlx::query("INSERT INTO topics (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                .bind(id.as_bytes().as_slice())
-                .bind(topic.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await?;
-            let topic_row: i64 = sqlx::query("SELECT id FROM topics WHERE name = $1")
-                .bind(id.as_bytes().as_slice())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+            let topic_row = topic_row!(tx, id, topic);
             let held: Option<i64> = sqlx::query(
                 "SELECT own FROM log_topics WHERE topic = $1 AND log_id = $2",
             )
@@ -305,16 +314,7 @@ impl Store {
         let quota = quota_bytes.map(to_i64).transpose()?;
         let added = to_i64(now_ms())?;
         in_write_tx!(&self.db, tx, DB => {
-            sqlx::query("INSERT INTO topics (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
-                .bind(id.as_bytes().as_slice())
-                .bind(topic.as_bytes().as_slice())
-                .execute(&mut *tx)
-                .await?;
-            let topic_row: i64 = sqlx::query("SELECT id FROM topics WHERE name = $1")
-                .bind(id.as_bytes().as_slice())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
+            let topic_row = topic_row!(tx, id, topic);
             sqlx::query(
                 "INSERT INTO topic_mirrors (topic, quota_bytes, priority, added_ms) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (topic) DO UPDATE SET \
