@@ -6,9 +6,9 @@
 //!   default blob dir beside the database). The holder imported a 64 MiB file (its ciphertext:
 //!   64 MiB of plaintext sealed by `EncryptReader`); each round the fetcher runs `files::fetch`
 //!   over `kith/file/1` through the CLI's `TransportNetwork`: the holder reads the blocks from
-//!   its data file, verifies them and sends them; the fetcher verifies every block against the
-//!   outboard and stores it (data file written and `fdatasync`ed, then the rows committed) before
-//!   the round ends. The fetched file is deleted between rounds (outside the timing).
+//!   its data file and sends them as stored; the fetcher verifies every block against the
+//!   outboard and stores it (data file written with direct I/O and `fdatasync`ed, then the rows
+//!   committed) before the round ends. The fetched file is deleted between rounds (outside the timing).
 //! - Anchor: raw quinn (rustls on the same ring provider, a self-signed certificate the client
 //!   does not check), same socket set-up and transport settings; each round the client opens a
 //!   stream and the server writes the same number of bytes from memory, in 1 MiB writes; the
@@ -248,6 +248,24 @@ fn spawn_holder(dir: std::path::PathBuf) -> Holder {
     rx.recv().unwrap()
 }
 
+/// Each thread's name and CPU time so far (ns), from `/proc/self/task/*/schedstat`.
+fn thread_cpu() -> std::collections::BTreeMap<u32, (String, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).unwrap_or_default();
+        let ns = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        out.insert(tid, (read("comm").trim().to_string(), ns));
+    }
+    out
+}
+
 fn mib_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1 << 20) as f64 / secs
 }
@@ -416,16 +434,33 @@ fn main() {
         raw_round(&conn, holder.size).await;
         storage_round(&pool, &anchor_data, &blocks).await;
 
-        // For profilers: `KITH_FILE_BENCH_ONLY=kith|raw` runs 20 rounds of one system alone,
-        // prints their figures and writes nothing.
+        // For profilers: `KITH_FILE_BENCH_ONLY=kith|raw|both` runs 20 rounds of one system
+        // alone (or of both, alternating), prints their figures and each thread's CPU per
+        // round, and writes nothing.
         if let Ok(only) = std::env::var("KITH_FILE_BENCH_ONLY") {
+            let before = thread_cpu();
             for _ in 0..20 {
                 let (rate, cpu) = match only.as_str() {
                     "kith" => kith_round(&store, &network, &holder).await,
+                    // Alternating, as the measured rounds do; the figures printed are Kith's.
+                    "both" => {
+                        let (rate, cpu) = raw_round(&conn, holder.size).await;
+                        println!("raw: {rate:.0} MiB/s, {cpu:.0} ms CPU");
+                        kith_round(&store, &network, &holder).await
+                    }
                     "raw" => raw_round(&conn, holder.size).await,
-                    other => panic!("KITH_FILE_BENCH_ONLY={other}: kith or raw"),
+                    other => panic!("KITH_FILE_BENCH_ONLY={other}: kith, raw or both"),
                 };
                 println!("{only}: {rate:.0} MiB/s, {cpu:.0} ms CPU");
+            }
+            // Where the CPU went, per thread, per round.
+            let after = thread_cpu();
+            for (tid, (name, ns)) in &after {
+                let was = before.get(tid).map_or(0, |(_, ns)| *ns);
+                let ms = (ns - was) as f64 / 1e6 / 20.0;
+                if ms >= 0.5 {
+                    println!("  thread {tid} {name}: {ms:.1} ms CPU per round");
+                }
             }
             return;
         }
@@ -467,7 +502,7 @@ fn main() {
         let ratio = median(&ratios);
         let worst = |v: &[f64]| v.iter().cloned().fold(f64::INFINITY, f64::min);
         let body = format!(
-            "Measured {date} by `cargo bench -p kith --bench file` (release, loopback, {ROUNDS} interleaved rounds after one untimed warm-up each; a {plain} MiB file, {cipher} bytes of ciphertext in 64 KiB blocks, fetched whole by one store from another over `kith/file/1` on Kith's QUIC transport — the holder reading and verifying each block from its data file, the fetcher verifying every block, writing it to its data file and `fdatasync`ing each 4 MiB batch before committing the batch's rows to SQLite (WAL, `synchronous=FULL`), all before the round ends — against raw quinn sending the same number of bytes from memory on one stream of a warm connection; holder and raw server on their own thread and single-threaded runtime, fetcher and raw client on another; the ratio is the median of the per-round ratios, the columns are medians).\n\n\
+            "Measured {date} by `cargo bench -p kith --bench file` (release, loopback, {ROUNDS} interleaved rounds after one untimed warm-up each; a {plain} MiB file, {cipher} bytes of ciphertext in 64 KiB blocks, fetched whole by one store from another over `kith/file/1` on Kith's QUIC transport — the holder reading each block from its data file and sending it as stored, the fetcher verifying every block, writing it to its data file (direct I/O) and `fdatasync`ing each 4 MiB batch before committing the batch's rows to SQLite (WAL, `synchronous=FULL`), all before the round ends — against raw quinn sending the same number of bytes from memory on one stream of a warm connection; holder and raw server on their own thread and single-threaded runtime, fetcher and raw client on another; the ratio is the median of the per-round ratios, the columns are medians).\n\n\
 | measurement | Kith file fetch | raw quinn stream (anchor) | ratio Kith / raw, median of per-round ratios |\n\
 |---|---:|---:|---:|\n\
 | 64 MiB, median MiB/s (worst round) | {k:.0} ({kw:.0}) | {r:.0} ({rw:.0}) | {ratio:.2}× |\n\

@@ -914,7 +914,7 @@ async fn sqlite_keeps_blocks_beside_the_database_and_postgres_only_if_asked() {
 }
 
 #[tokio::test]
-async fn a_data_file_altered_on_disk_is_corrupt_and_never_served() {
+async fn a_data_file_altered_on_disk_is_corrupt_here_and_refused_by_a_fetcher() {
     use std::os::unix::fs::FileExt;
     for db in blob_backends().await {
         let (db_b, _) = more(&db).await;
@@ -949,18 +949,20 @@ async fn a_data_file_altered_on_disk_is_corrupt_and_never_served() {
             .unwrap_err();
         assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
         assert_eq!(a.read_file_blocks(&ticket.id, 0..2).await.unwrap().len(), 2);
-        // Serving refuses the batch with the bad block: a fetcher gets an error, and nothing of
-        // the damaged block.
+        // Served as stored, the damaged block is refused by the fetcher, which keeps the
+        // blocks before it and nothing of it or after it.
         let net = MemoryNetwork::new(peer(0));
         serve_as(&net, 1, a.clone(), honest()).await;
         let err = files::fetch(&b, &net, peer(1), ticket.id, 0..u64::MAX, |_| {})
             .await
             .unwrap_err();
         assert!(
-            matches!(&err, StoreError::Protocol(why) if why.contains("does not match its hash")),
+            matches!(&err, StoreError::Protocol(why) if why.contains("block 2 does not match the file's hash")),
             "{err:?}"
         );
-        assert!(!b.file_held(&ticket.id).await.unwrap().contains(2));
+        let held = b.file_held(&ticket.id).await.unwrap();
+        assert!(held.contains(0) && held.contains(1), "{held:?}");
+        assert!(!held.contains(2) && !held.contains(3), "{held:?}");
         // A data file cut short: the blocks past its end are corrupt too.
         file.write_all_at(&byte, at).unwrap();
         file.set_len(5 * BLOCK_BYTES + 7).unwrap();

@@ -8,15 +8,44 @@
 //! overwritten). Every block read is verified against the outboard by the caller, so a damaged
 //! or missing data file is reported as corrupt, never served.
 //!
+//! Blocks whose buffers are aligned (see [`block_buf`]) are written with direct I/O
+//! (`O_DIRECT`): a contiguous run of them in one `pwritev`, straight from their buffers to the
+//! disk, with no copy into the page cache and no write-back later. On this project's machine
+//! that halves the CPU a fetched 64 MiB costs the fetcher's storage and writes 4 MiB batches
+//! several times faster than buffered writes followed by `fdatasync`. Other blocks (a file's
+//! short last block, unaligned buffers) and file systems without direct I/O (tmpfs) take the
+//! buffered path; `fdatasync` follows either way.
+//!
 //! Everything here is blocking I/O; callers run it under `spawn_blocking`.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::io::{ErrorKind, IoSlice, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use bytes::{Buf, BufMut, BytesMut};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+
 use super::BLOCK_BYTES;
 use crate::error::StoreError;
+
+/// The alignment of block buffers, and of the offsets and lengths of direct writes.
+pub(crate) const ALIGN: usize = 4096;
+
+/// An empty buffer with room for `len` bytes, its start aligned for direct I/O.
+pub(crate) fn block_buf(len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(len + ALIGN);
+    let skip = buf.as_ptr().align_offset(ALIGN);
+    buf.put_bytes(0, skip);
+    buf.advance(skip);
+    buf
+}
+
+/// Whether `data` can be written directly: its start and length aligned.
+fn direct_ok(data: &[u8]) -> bool {
+    data.as_ptr().align_offset(ALIGN) == 0 && data.len() % ALIGN == 0 && !data.is_empty()
+}
 
 /// A store's blob directory.
 #[derive(Clone, Debug)]
@@ -75,8 +104,13 @@ impl BlobDir {
     }
 
     /// Writes `blocks` (index, ciphertext) into row `row`'s data file and makes them durable
-    /// (`fdatasync`; and the directory's `fsync` if the file was created).
-    pub(crate) fn write(&self, row: i64, blocks: &[(u64, Vec<u8>)]) -> Result<(), StoreError> {
+    /// (`fdatasync`; and the directory's `fsync` if the file was created). Runs of contiguous
+    /// aligned blocks go with direct I/O where the file system has it.
+    pub(crate) fn write<B: AsRef<[u8]>>(
+        &self,
+        row: i64,
+        blocks: &[(u64, B)],
+    ) -> Result<(), StoreError> {
         let path = self.path(row);
         let (file, created) = match OpenOptions::new().write(true).open(&path) {
             Ok(f) => (f, false),
@@ -92,12 +126,47 @@ impl BlobDir {
             }
             Err(e) => return Err(io("open", &path, e)),
         };
-        for (index, data) in blocks {
+        // A second descriptor for direct writes, where the file system allows them.
+        let direct = if blocks.iter().any(|(_, d)| direct_ok(d.as_ref())) {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(OFlag::O_DIRECT.bits())
+                .open(&path)
+                .ok()
+        } else {
+            None
+        };
+        let mut at = 0;
+        while at < blocks.len() {
+            let (index, data) = (blocks[at].0, blocks[at].1.as_ref());
             let offset = index
                 .checked_mul(BLOCK_BYTES)
                 .ok_or(StoreError::OutOfRange)?;
-            file.write_all_at(data, offset)
-                .map_err(|e| io("write", &path, e))?;
+            // The run of aligned blocks that starts here, each at the offset after the last.
+            let mut run = 0;
+            if direct.is_some() {
+                while at + run < blocks.len()
+                    && blocks[at + run].0 == index + run as u64
+                    && direct_ok(blocks[at + run].1.as_ref())
+                    && (run == 0 || blocks[at + run - 1].1.as_ref().len() == BLOCK_BYTES as usize)
+                {
+                    run += 1;
+                }
+            }
+            match (&direct, run) {
+                (Some(direct), 1..) => {
+                    let parts: Vec<&[u8]> =
+                        blocks[at..at + run].iter().map(|(_, d)| d.as_ref()).collect();
+                    write_direct(direct, &file, &parts, offset)
+                        .map_err(|e| io("write", &path, e))?;
+                    at += run;
+                }
+                _ => {
+                    file.write_all_at(data, offset)
+                        .map_err(|e| io("write", &path, e))?;
+                    at += 1;
+                }
+            }
         }
         file.sync_data().map_err(|e| io("sync", &path, e))?;
         if created {
@@ -168,6 +237,51 @@ impl BlobDir {
     }
 }
 
+/// Writes `parts` contiguously from `offset`: with direct I/O (`pwritev` on `direct`) while the
+/// kernel takes whole aligned pieces; what a short or refused direct write leaves goes through
+/// the buffered descriptor `file`.
+fn write_direct(
+    direct: &File,
+    file: &File,
+    parts: &[&[u8]],
+    mut offset: u64,
+) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        let aligned = rest
+            .iter()
+            .all(|s| s.as_ptr().align_offset(ALIGN) == 0 && s.len() % ALIGN == 0);
+        let at = i64::try_from(offset).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+        let written = if aligned && offset % ALIGN as u64 == 0 {
+            match nix::sys::uio::pwritev(direct, &rest[..rest.len().min(1024)], at) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => Some(n),
+                Err(Errno::EINTR) => continue,
+                // The file system wants another alignment: buffered writes do it.
+                Err(Errno::EINVAL) => None,
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            None
+        };
+        match written {
+            Some(n) => {
+                IoSlice::advance_slices(&mut rest, n);
+                offset += n as u64;
+            }
+            None => {
+                for s in rest.iter() {
+                    file.write_all_at(s, offset)?;
+                    offset += s.len() as u64;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs blocking blob I/O off the runtime.
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
@@ -175,4 +289,80 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Io(format!("blob I/O task: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filled(len: usize, seed: u8, aligned: bool) -> BytesMut {
+        let mut buf = if aligned {
+            block_buf(len)
+        } else {
+            // One byte in, so the start is not aligned.
+            let mut b = BytesMut::with_capacity(len + 1);
+            b.put_u8(0);
+            b.advance(1);
+            b
+        };
+        buf.extend((0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+        buf
+    }
+
+    #[test]
+    fn block_buffers_are_aligned_and_hold_a_block() {
+        for len in [1, 4096, BLOCK_BYTES as usize] {
+            let buf = block_buf(len);
+            assert_eq!(buf.as_ptr().align_offset(ALIGN), 0);
+            assert!(buf.capacity() >= len);
+            assert!(buf.is_empty());
+        }
+    }
+
+    /// Direct runs, a gap, an unaligned buffer and a short last block, in one batch and then
+    /// over again: everything reads back as written, wherever the dir is (tmpfs has no direct
+    /// I/O and takes the buffered path).
+    fn writes_read_back(dir: &Path) {
+        let blobs = BlobDir::open(dir.join("blobs")).unwrap();
+        let full = BLOCK_BYTES as usize;
+        let blocks: Vec<(u64, BytesMut)> = vec![
+            (0, filled(full, 1, true)),
+            (1, filled(full, 2, true)),
+            (2, filled(full, 3, true)),
+            (4, filled(full, 4, true)),
+            (5, filled(full, 5, false)),
+            (6, filled(full, 6, true)),
+            (7, filled(1000, 7, true)),
+        ];
+        blobs.write(3, &blocks).unwrap();
+        let want: Vec<(u64, usize)> = blocks.iter().map(|(i, d)| (*i, d.len())).collect();
+        let read = blobs.read(3, &want).unwrap();
+        for ((_, wrote), got) in blocks.iter().zip(&read) {
+            assert_eq!(&wrote[..], &got[..]);
+        }
+        let len = std::fs::metadata(blobs.path(3)).unwrap().len();
+        assert_eq!(len, 7 * BLOCK_BYTES + 1000);
+        // The hole reads as zeros; the data file holds bytes only, the rows say what is held.
+        assert!(blobs.read(3, &[(3, full)]).unwrap()[0].iter().all(|&b| b == 0));
+        // Over again, with other bytes, filling the hole: the new bytes win.
+        let again: Vec<(u64, BytesMut)> =
+            (1..4).map(|i| (i, filled(full, 40 + i as u8, true))).collect();
+        blobs.write(3, &again).unwrap();
+        let got = blobs
+            .read(3, &[(1, full), (2, full), (3, full)])
+            .unwrap();
+        for ((_, wrote), got) in again.iter().zip(&got) {
+            assert_eq!(&wrote[..], &got[..]);
+        }
+    }
+
+    #[test]
+    fn direct_and_buffered_writes_read_back_on_disk() {
+        writes_read_back(tempfile::tempdir().unwrap().path());
+    }
+
+    #[test]
+    fn writes_read_back_on_tmpfs_without_direct_io() {
+        writes_read_back(tempfile::tempdir_in("/dev/shm").unwrap().path());
+    }
 }

@@ -25,13 +25,16 @@
 use std::ops::Range;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use blake3::hazmat::ChainingValue;
+use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::blobs::blocking;
+use super::blobs::{block_buf, blocking};
 use super::hash::{block_count, block_cv, block_len};
-use super::store::{BATCH_BLOCKS, FileInfo, check_block};
+use super::store::{BATCH_BLOCKS, FileInfo};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::Store;
 use crate::error::StoreError;
@@ -116,12 +119,13 @@ async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// A received frame. A block frame's index is parsed off, so its payload is the block's bytes
-/// alone, read straight into a buffer of their size.
+/// alone, read straight into a buffer of their size (aligned, so the data file takes it with
+/// direct I/O).
 struct Frame {
     kind: u8,
     /// A block frame's index (0 for other kinds).
     index: u64,
-    payload: Vec<u8>,
+    payload: BytesMut,
 }
 
 async fn read_exact_timed<R: AsyncRead + Unpin>(
@@ -181,7 +185,11 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, St
         len -= 8;
     }
     // Read into a buffer of the payload's size that is not zeroed first.
-    let mut payload = Vec::with_capacity(len);
+    let mut payload = if kind == BLOCK {
+        block_buf(len)
+    } else {
+        BytesMut::with_capacity(len)
+    };
     tokio::time::timeout(IDLE_TIMEOUT, async {
         while payload.len() < len {
             let want = (len - payload.len()) as u64;
@@ -273,9 +281,10 @@ pub struct ServeReport {
 }
 
 /// Serves one `kith/file/1` stream a peer opened: reads its request and sends what is held.
-/// Blocks are read in batches and verified against the outboard before they are sent, so a
-/// damaged copy is reported ([`StoreError::Corrupt`], and an error frame to the peer), never
-/// served. A malformed request is [`StoreError::Protocol`].
+/// Blocks are read in batches and sent as stored (each was verified before it was stored; the
+/// fetcher verifies each again before keeping it, so a damaged copy is refused there). A data
+/// file that is missing or short is [`StoreError::Corrupt`] (and an error frame to the peer). A
+/// malformed request is [`StoreError::Protocol`].
 pub async fn serve(store: &Store, channel: PeerChannel) -> Result<ServeReport, StoreError> {
     let PeerChannel {
         peer,
@@ -315,10 +324,10 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         return Ok(ServeReport::default());
     };
     let count = block_count(file.size);
-    // Every block sent is checked against the outboard, which is checked against the id.
-    let cvs = store.file_outboard(&id, file).await?;
     write_frame(send, HEADER, &[&file.size.to_le_bytes()]).await?;
     if request.outboard {
+        // Checked against the id before it goes.
+        let cvs = store.file_outboard(&id, file).await?;
         for frame in cvs.chunks(CVS_PER_FRAME) {
             write_frame(send, OUTBOARD, &[&frame.concat()]).await?;
         }
@@ -346,22 +355,6 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
             while at < e {
                 let end = (at + BATCH_BLOCKS).min(e);
                 let rows = store.block_rows(file, at..end).await?;
-                // Hashing runs beside the runtime, which is busy sending the previous batch.
-                let batch_cvs = cvs[at as usize..end as usize].to_vec();
-                let rows = blocking(move || {
-                    for (idx, data) in &rows {
-                        let cv = batch_cvs
-                            .get(idx.wrapping_sub(at) as usize)
-                            .ok_or_else(|| {
-                                StoreError::Corrupt(format!(
-                                    "block {idx} read for blocks {at}..{end}"
-                                ))
-                            })?;
-                        check_block(&id, file.size, *idx, data, cv)?;
-                    }
-                    Ok(rows)
-                })
-                .await?;
                 if batches.send(rows).await.is_err() {
                     return Ok(());
                 }
@@ -387,7 +380,7 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     Ok(report)
 }
 
-/// Where a fetch stands, after each verified block.
+/// Where a fetch stands, after each batch of verified blocks is stored.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct FetchProgress {
     /// The file's ciphertext size.
@@ -423,7 +416,7 @@ impl FetchReport {
 /// for a plaintext range, [`super::Ticket::blocks_for`]) of file `id` from `peer` into `store`,
 /// asking only for the blocks not held yet. Each block is verified before it is stored, and
 /// stored as the transfer goes, so an interrupted fetch is resumed by fetching again.
-/// `progress` is called after each verified block.
+/// `progress` is called after each batch of verified blocks (up to 4 MiB) is stored.
 ///
 /// Errors: [`StoreError::FileNotFound`] if the peer lacks the file, [`StoreError::Protocol`] if
 /// it sent bad data (what it sent before that, verified, is kept), [`StoreError::Network`] if
@@ -534,28 +527,39 @@ impl Session<'_> {
             return Err(protocol(format!("file size {size} out of range")));
         }
         let count = block_count(size);
-        let file = match self.known {
+        let (known, cvs) = match self.known {
             Some(file) if file.size != size => {
                 return Err(protocol(format!(
                     "peer says the file has {size} bytes, it has {}",
                     file.size
                 )));
             }
-            Some(file) => file,
-            None => {
-                let cvs = self.read_outboard(recv, count).await?;
-                self.store
-                    .add_file(&self.id, size, &cvs)
+            Some(file) => (
+                Some(file),
+                self.store.file_cvs(&self.id, file, 0..count).await?,
+            ),
+            None => (None, self.read_outboard(recv, count).await?),
+        };
+        let cvs: Arc<[ChainingValue]> = cvs.into();
+        // A new file's row (after its outboard is checked against the id) is added by the
+        // writing stage, while the first blocks arrive; nothing is written before it.
+        let id = self.id;
+        let add_file = async {
+            match known {
+                Some(file) => Ok(file.row),
+                None => self
+                    .store
+                    .add_file(&id, size, &cvs)
                     .await
+                    .map(|file| file.row)
                     .map_err(|e| match e {
                         StoreError::BadProof => {
                             protocol("the outboard does not lead to the file id")
                         }
                         other => other,
-                    })?
+                    }),
             }
         };
-        let cvs = self.store.file_cvs(&self.id, file, 0..count).await?;
 
         // What is asked, clamped to the file; the request's ranges are what may arrive.
         let mut asked = RangeSet::new();
@@ -577,16 +581,73 @@ impl Session<'_> {
         };
         progress(state);
 
-        let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(2);
+        // A pipeline of batches, each stage on a different batch at once: the receiver checks
+        // each block's place and length as it comes off the stream; then a batch is verified
+        // against the outboard (on the blocking pool), its bytes written and made durable,
+        // and its rows committed. A bad block ends the verifier, and what verified before it
+        // still goes through the later stages.
+        let (batches, batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
+        let (verified, verified_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(1);
+        let (written, written_rx) = tokio::sync::mpsc::channel::<(i64, Vec<(u64, BytesMut)>)>(1);
         let store = self.store;
-        let row = file.row;
-        let write = async move {
+        let stopped = || StoreError::Io("the store stopped taking blocks".into());
+        let verify = async {
+            let (mut batch_rx, verified) = (batch_rx, verified);
             while let Some(batch) = batch_rx.recv().await {
-                store.put_blocks(row, batch).await?;
+                let cvs = cvs.clone();
+                let (good, bad) = blocking(move || {
+                    let mut good = batch;
+                    let bad = good
+                        .iter()
+                        .position(|(idx, data)| block_cv(size, *idx, data) != cvs[*idx as usize])
+                        .map(|k| {
+                            let idx = good[k].0;
+                            good.truncate(k);
+                            idx
+                        });
+                    Ok((good, bad))
+                })
+                .await?;
+                if !good.is_empty() {
+                    verified.send(good).await.map_err(|_| stopped())?;
+                }
+                if let Some(idx) = bad {
+                    return Err(protocol(format!(
+                        "block {idx} does not match the file's hash"
+                    )));
+                }
             }
             Ok::<_, StoreError>(())
         };
-        let mut received = RangeSet::new();
+        let write = async {
+            let (mut verified_rx, written) = (verified_rx, written);
+            let row = add_file.await?;
+            while let Some(batch) = verified_rx.recv().await {
+                let batch = store.write_block_data(row, batch).await?;
+                written.send((row, batch)).await.map_err(|_| stopped())?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let mut stored = RangeSet::new();
+        let (mut stored_blocks, mut stored_bytes) = (0u64, 0u64);
+        let record = async {
+            let mut written_rx = written_rx;
+            while let Some((row, batch)) = written_rx.recv().await {
+                let bytes: u64 = batch.iter().map(|(_, data)| data.len() as u64).sum();
+                let indices: Vec<u64> = batch.iter().map(|(idx, _)| *idx).collect();
+                let blocks = batch.len() as u64;
+                store.record_blocks(row, batch).await?;
+                for idx in indices {
+                    stored.insert(idx, idx + 1);
+                }
+                stored_blocks += blocks;
+                stored_bytes += bytes;
+                state.received += bytes;
+                state.held += bytes;
+                progress(state);
+            }
+            Ok::<_, StoreError>(())
+        };
         let receive = async {
             let mut batch = Vec::with_capacity(BATCH_BLOCKS as usize);
             let result = async {
@@ -601,30 +662,19 @@ impl Session<'_> {
                     })?;
                     match kind {
                         BLOCK => {
-                            let data = &payload[..];
                             if idx < next || !may_arrive.contains(idx) {
                                 return Err(protocol(format!(
                                     "block {idx} was not asked for or is out of order"
                                 )));
                             }
-                            if data.len() != block_len(size, idx) {
+                            if payload.len() != block_len(size, idx) {
                                 return Err(protocol(format!(
                                     "block {idx} has {} bytes, expected {}",
-                                    data.len(),
+                                    payload.len(),
                                     block_len(size, idx)
                                 )));
                             }
-                            if block_cv(size, idx, data) != cvs[idx as usize] {
-                                return Err(protocol(format!(
-                                    "block {idx} does not match the file's hash"
-                                )));
-                            }
                             next = idx + 1;
-                            state.received += payload.len() as u64;
-                            state.held += payload.len() as u64;
-                            self.received_blocks += 1;
-                            self.received_bytes += payload.len() as u64;
-                            received.insert(idx, idx + 1);
                             batch.push((idx, payload));
                             if batch.len() as u64 == BATCH_BLOCKS {
                                 let full = std::mem::replace(
@@ -635,7 +685,6 @@ impl Session<'_> {
                                     StoreError::Io("the store stopped taking blocks".into())
                                 })?;
                             }
-                            progress(state);
                         }
                         END if payload.is_empty() => return Ok(()),
                         ERROR => return Err(peer_error(&payload)),
@@ -649,20 +698,26 @@ impl Session<'_> {
                 }
             }
             .await;
-            // What was verified before an error is kept: a new fetch resumes after it.
+            // What arrived before an error is still verified and kept.
             if !batch.is_empty() {
                 let _ = batches.send(batch).await;
             }
             drop(batches);
             result
         };
-        let (received_result, written) = tokio::join!(receive, write);
+        let (received, verified, written, recorded) = tokio::join!(receive, verify, write, record);
+        self.received_blocks += stored_blocks;
+        self.received_bytes += stored_bytes;
+        // The first stage to fail (counting from the store's end) says why; the ones before it
+        // only saw it stop.
+        recorded?;
         written?;
-        received_result?;
+        verified?;
+        received?;
         let mut missing = RangeSet::new();
         for (s, e) in asked.iter() {
             for i in s..e {
-                if !received.contains(i) {
+                if !stored.contains(i) {
                     missing.insert(i, i + 1);
                 }
             }

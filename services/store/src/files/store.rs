@@ -4,8 +4,9 @@
 //! without a blob dir, in the row. A holder may hold any subset of a file's
 //! blocks (a mirror that fetched a range, an interrupted transfer); every stored block was
 //! verified against the outboard, and the outboard against the id, before it was written, and
-//! blocks are verified again when read, so a damaged database or data file is reported, never
-//! served.
+//! blocks are verified again when read here (`read_file_blocks`, and so a local `file get`), so a
+//! damaged database or data file is reported, never decrypted. Blocks served to a peer go as
+//! stored: the fetcher verifies every one before it keeps it (`files::protocol`).
 //!
 //! An import hashes the ciphertext as it streams in, so its id is known only at the end: the
 //! blocks go under a provisional row (no id yet) in batches, and the row gets its id and outboard
@@ -15,6 +16,7 @@
 use std::ops::Range;
 
 use blake3::hazmat::ChainingValue;
+use bytes::BytesMut;
 use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,6 +25,7 @@ use super::crypto::{EncryptReader, FileKey, PLAIN_CHUNK_BYTES, Ticket, decrypt_b
 use super::hash::{
     OutboardBuilder, block_count, block_cv, block_len, decode_cvs, encode_cvs, root_from_cvs,
 };
+use super::blobs::block_buf;
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::Store;
 use crate::backend::{Db, in_write_tx, on_db, release_writer, take_writer, to_i64, to_u64};
@@ -111,31 +114,33 @@ impl Store {
         row: i64,
         mut reader: R,
     ) -> Result<FileInfo, StoreError> {
-        let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(2);
+        let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
         // Reading (and so encrypting) and hashing overlap with the database writes.
         let read = async move {
             let mut builder = OutboardBuilder::default();
             let mut index = 0u64;
             let mut batch = Vec::with_capacity(BATCH_BLOCKS as usize);
             loop {
-                let mut block = vec![0u8; BLOCK_BYTES as usize];
-                let mut filled = 0;
-                while filled < block.len() {
-                    let n = reader.read(&mut block[filled..]).await.map_err(|e| match e
-                        .downcast::<StoreError>()
-                    {
-                        Ok(store) => store,
-                        Err(e) => StoreError::Io(format!("read the file: {e}")),
-                    })?;
+                // Aligned, so the data file takes it with direct I/O.
+                let mut block = block_buf(BLOCK_BYTES as usize);
+                while block.len() < BLOCK_BYTES as usize {
+                    let want = BLOCK_BYTES - block.len() as u64;
+                    let n = (&mut reader)
+                        .take(want)
+                        .read_buf(&mut block)
+                        .await
+                        .map_err(|e| match e.downcast::<StoreError>() {
+                            Ok(store) => store,
+                            Err(e) => StoreError::Io(format!("read the file: {e}")),
+                        })?;
                     if n == 0 {
                         break;
                     }
-                    filled += n;
                 }
+                let filled = block.len();
                 if filled == 0 {
                     break;
                 }
-                block.truncate(filled);
                 builder.push(&block)?;
                 batch.push((index, block));
                 index += 1;
@@ -268,35 +273,56 @@ impl Store {
         Ok(removed)
     }
 
-    /// Stores blocks that were verified already (blocks held already are kept). With a blob
-    /// dir, the bytes go to the file's data file and are made durable first; then one
-    /// transaction records the blocks as held. Without one, the transaction holds the bytes.
-    pub(crate) async fn put_blocks(
+    /// Stores blocks that were verified already (blocks held already are kept):
+    /// [`Self::write_block_data`], then [`Self::record_blocks`].
+    pub(crate) async fn put_blocks<B: AsRef<[u8]> + Send + Sync + 'static>(
         &self,
         row: i64,
-        blocks: Vec<(u64, Vec<u8>)>,
+        blocks: Vec<(u64, B)>,
+    ) -> Result<(), StoreError> {
+        let blocks = self.write_block_data(row, blocks).await?;
+        self.record_blocks(row, blocks).await
+    }
+
+    /// The first half of storing verified blocks: with a blob dir, their bytes go to the file's
+    /// data file and are made durable (nothing happens without one). The blocks come back for
+    /// [`Self::record_blocks`]. A fetch runs the halves of consecutive batches side by side.
+    pub(crate) async fn write_block_data<B: AsRef<[u8]> + Send + Sync + 'static>(
+        &self,
+        row: i64,
+        blocks: Vec<(u64, B)>,
+    ) -> Result<Vec<(u64, B)>, StoreError> {
+        match self.blobs.clone() {
+            Some(blobs) if !blocks.is_empty() => {
+                super::blobs::blocking(move || {
+                    blobs.write(row, &blocks)?;
+                    Ok(blocks)
+                })
+                .await
+            }
+            _ => Ok(blocks),
+        }
+    }
+
+    /// The second half: one transaction records `blocks` as held — only after
+    /// [`Self::write_block_data`] made their bytes durable; without a blob dir the rows hold
+    /// the bytes.
+    pub(crate) async fn record_blocks<B: AsRef<[u8]> + Send + Sync + 'static>(
+        &self,
+        row: i64,
+        blocks: Vec<(u64, B)>,
     ) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
         }
-        let (blocks, in_file) = match self.blobs.clone() {
-            Some(blobs) => {
-                let blocks = super::blobs::blocking(move || {
-                    blobs.write(row, &blocks)?;
-                    Ok(blocks)
-                })
-                .await?;
-                (blocks, true)
-            }
-            None => (blocks, false),
-        };
+        let in_file = self.blobs.is_some();
         in_write_tx!(&self.db, tx, DB => {
             for chunk in blocks.chunks(INSERT_ROWS) {
                 let mut qb = QueryBuilder::<DB>::new("INSERT INTO file_blocks (file_id, idx, data) ");
                 let mut bad = None;
                 qb.push_values(chunk, |mut b, (i, data)| {
                     let idx = to_i64(*i).unwrap_or_else(|e| { bad = Some(e); 0 });
-                    let data = (!in_file).then_some(data.as_slice());
+                    let data = (!in_file).then_some(data.as_ref());
                     b.push_bind(row).push_bind(idx).push_bind(data);
                 });
                 if let Some(e) = bad {
