@@ -22,6 +22,7 @@ use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, IoSlice, Read, Seek, SeekFrom};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use bytes::{Buf, BufMut, BytesMut};
 use nix::errno::Errno;
@@ -33,13 +34,58 @@ use crate::error::StoreError;
 /// The alignment of block buffers, and of the offsets and lengths of direct writes.
 pub(crate) const ALIGN: usize = 4096;
 
-/// An empty buffer with room for `len` bytes, its start aligned for direct I/O.
+/// Block buffers put back after use, for the next block: a transfer takes and frees 64 KiB
+/// buffers at a high rate, and fresh ones from the allocator cost a page fault per 4 KiB each
+/// time it has given their memory back to the kernel. Process-wide, at most
+/// [`POOL_BUFFERS`] kept.
+static POOL: Mutex<Vec<BytesMut>> = Mutex::new(Vec::new());
+
+/// Buffers the pool keeps (16 MiB).
+const POOL_BUFFERS: usize = 256;
+
+fn pooled() -> Option<BytesMut> {
+    POOL.lock().unwrap_or_else(|e| e.into_inner()).pop()
+}
+
+/// An empty buffer with room for `len` bytes, its start aligned for direct I/O: from the pool
+/// for up to a block, else new.
 pub(crate) fn block_buf(len: usize) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(len + ALIGN);
+    if len <= BLOCK_BYTES as usize
+        && let Some(mut buf) = pooled()
+    {
+        buf.clear();
+        return buf;
+    }
+    let mut buf = BytesMut::with_capacity(len.max(BLOCK_BYTES as usize) + ALIGN);
     let skip = buf.as_ptr().align_offset(ALIGN);
     buf.put_bytes(0, skip);
     buf.advance(skip);
     buf
+}
+
+/// A buffer of `len` bytes to read into (what they hold before is unspecified: earlier bytes
+/// of a pooled buffer, or zeros).
+fn filled_buf(len: usize) -> BytesMut {
+    let mut buf = (len <= BLOCK_BYTES as usize)
+        .then(pooled)
+        .flatten()
+        .unwrap_or_else(|| block_buf(len));
+    buf.resize(len, 0);
+    buf
+}
+
+/// Puts block buffers back in the pool (those that can hold a block, aligned, while it has
+/// room); the rest are freed.
+pub(crate) fn recycle(bufs: impl IntoIterator<Item = BytesMut>) {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    for buf in bufs {
+        if pool.len() >= POOL_BUFFERS {
+            break;
+        }
+        if buf.capacity() >= BLOCK_BYTES as usize && buf.as_ptr().align_offset(ALIGN) == 0 {
+            pool.push(buf);
+        }
+    }
 }
 
 /// Whether `data` can be written directly: its start and length aligned.
@@ -177,13 +223,14 @@ impl BlobDir {
         Ok(())
     }
 
-    /// Reads blocks `(index, length)` of row `row`'s data file, unverified. A missing or short
-    /// data file is [`StoreError::Corrupt`] (the database says those blocks are held).
+    /// Reads blocks `(index, length)` of row `row`'s data file, unverified, into pooled
+    /// buffers. A missing or short data file is [`StoreError::Corrupt`] (the database says
+    /// those blocks are held).
     pub(crate) fn read(
         &self,
         row: i64,
         blocks: &[(u64, usize)],
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
+    ) -> Result<Vec<BytesMut>, StoreError> {
         let path = self.path(row);
         let file = match File::open(&path) {
             Ok(f) => f,
@@ -195,8 +242,8 @@ impl BlobDir {
             }
             Err(e) => return Err(io("open", &path, e)),
         };
-        // Each block is read into a buffer of its size that is not zeroed first; contiguous
-        // blocks need no seek between them.
+        // Each block is read into a buffer of its size (a pooled one is not zeroed first);
+        // contiguous blocks need no seek between them.
         let mut out = Vec::with_capacity(blocks.len());
         let mut reader = &file;
         let mut at = None;
@@ -209,16 +256,16 @@ impl BlobDir {
                     .seek(SeekFrom::Start(offset))
                     .map_err(|e| io("seek", &path, e))?;
             }
-            let mut data = Vec::with_capacity(len);
-            reader
-                .take(len as u64)
-                .read_to_end(&mut data)
-                .map_err(|e| io("read", &path, e))?;
-            if data.len() != len {
-                return Err(StoreError::Corrupt(format!(
-                    "block {index} is past the end of data file {}",
-                    path.display()
-                )));
+            let mut data = filled_buf(len);
+            match reader.read_exact(&mut data) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                    return Err(StoreError::Corrupt(format!(
+                        "block {index} is past the end of data file {}",
+                        path.display()
+                    )));
+                }
+                Err(e) => return Err(io("read", &path, e)),
             }
             at = Some(offset + len as u64);
             out.push(data);

@@ -32,7 +32,7 @@ use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::blobs::{block_buf, blocking};
+use super::blobs::{block_buf, blocking, recycle};
 use super::hash::{block_count, block_cv, block_len};
 use super::store::{BATCH_BLOCKS, FileInfo};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
@@ -348,7 +348,7 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
         ..ServeReport::default()
     };
     // Reading the next batch from the database overlaps with sending this one.
-    let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, Vec<u8>)>>(2);
+    let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
     let read = async move {
         for (s, e) in to_send {
             let mut at = s;
@@ -365,11 +365,12 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     };
     let write = async {
         while let Some(rows) = batch_rx.recv().await {
-            for (idx, data) in rows {
-                write_frame(send, BLOCK, &[&idx.to_le_bytes(), &data]).await?;
+            for (idx, data) in &rows {
+                write_frame(send, BLOCK, &[&idx.to_le_bytes(), data]).await?;
                 report.blocks_sent += 1;
                 report.bytes_sent += data.len() as u64;
             }
+            recycle(rows.into_iter().map(|(_, data)| data));
         }
         Ok::<_, StoreError>(())
     };
@@ -636,7 +637,8 @@ impl Session<'_> {
                 let bytes: u64 = batch.iter().map(|(_, data)| data.len() as u64).sum();
                 let indices: Vec<u64> = batch.iter().map(|(idx, _)| *idx).collect();
                 let blocks = batch.len() as u64;
-                store.record_blocks(row, batch).await?;
+                store.record_blocks(row, &batch).await?;
+                recycle(batch.into_iter().map(|(_, data)| data));
                 for idx in indices {
                     stored.insert(idx, idx + 1);
                 }

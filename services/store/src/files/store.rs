@@ -25,7 +25,7 @@ use super::crypto::{EncryptReader, FileKey, PLAIN_CHUNK_BYTES, Ticket, decrypt_b
 use super::hash::{
     OutboardBuilder, block_count, block_cv, block_len, decode_cvs, encode_cvs, root_from_cvs,
 };
-use super::blobs::block_buf;
+use super::blobs::{block_buf, recycle};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::Store;
 use crate::backend::{Db, in_write_tx, on_db, release_writer, take_writer, to_i64, to_u64};
@@ -163,7 +163,9 @@ impl Store {
         };
         let write = async {
             while let Some(batch) = batch_rx.recv().await {
-                self.put_blocks(row, batch).await?;
+                let batch = self.write_block_data(row, batch).await?;
+                self.record_blocks(row, &batch).await?;
+                recycle(batch.into_iter().map(|(_, data)| data));
             }
             Ok::<_, StoreError>(())
         };
@@ -281,7 +283,7 @@ impl Store {
         blocks: Vec<(u64, B)>,
     ) -> Result<(), StoreError> {
         let blocks = self.write_block_data(row, blocks).await?;
-        self.record_blocks(row, blocks).await
+        self.record_blocks(row, &blocks).await
     }
 
     /// The first half of storing verified blocks: with a blob dir, their bytes go to the file's
@@ -310,7 +312,7 @@ impl Store {
     pub(crate) async fn record_blocks<B: AsRef<[u8]> + Send + Sync + 'static>(
         &self,
         row: i64,
-        blocks: Vec<(u64, B)>,
+        blocks: &[(u64, B)],
     ) -> Result<(), StoreError> {
         if blocks.is_empty() {
             return Ok(());
@@ -556,7 +558,7 @@ impl Store {
                 &data,
                 &cvs[(idx - blocks.start) as usize],
             )?;
-            out.push(data);
+            out.push(Vec::from(data));
             want += 1;
         }
         if want != blocks.end {
@@ -571,7 +573,7 @@ impl Store {
         &self,
         file: FileRow,
         blocks: Range<u64>,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<(u64, BytesMut)>, StoreError> {
         let row = file.row;
         let rows = on_db!(&self.db, pool, DB => {
             sqlx::query("SELECT idx, data FROM file_blocks WHERE file_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx")
@@ -611,7 +613,7 @@ impl Store {
         .into_iter();
         out.into_iter()
             .map(|(i, data)| match data {
-                Some(data) => Ok((i, data)),
+                Some(data) => Ok((i, BytesMut::from(bytes::Bytes::from(data)))),
                 None => read
                     .next()
                     .map(|d| (i, d))
