@@ -31,6 +31,10 @@
 #[allow(dead_code)]
 mod store_net;
 
+/// The `kith` binary's allocator, for both systems measured here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;

@@ -20,6 +20,13 @@ mod transport;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc rather than the system allocator: a node moves data through many short-lived
+/// buffers (QUIC packets and stream chunks, file blocks), and glibc's malloc keeps handing their
+/// memory back to the kernel and faulting it in again. The file benchmark measured 0.64× raw
+/// quinn with glibc and 0.71× with mimalloc (BENCHMARKS.md); it runs under the same allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use kith_service::Endpoint;
 
