@@ -102,6 +102,35 @@ fn run_and_kill(test_name: &str, url: &str) -> u64 {
     acked
 }
 
+/// Waits until the killed child's PostgreSQL sessions are gone. The server finishes a command
+/// it was running when its client died — a COMMIT the child sent but never saw acknowledged —
+/// so the state is read only once nothing else can land.
+async fn killed_sessions_gone(url: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .expect("connect to check sessions");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .expect("count sessions");
+        if others == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{others} sessions of the killed child still open after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    conn.close().await.expect("close");
+}
+
 async fn check_survives_kill_9(test_name: &str, db: TestDb) {
     let key = Ed25519Signer::from_seed(SEED).log_key();
     let mut previous = 0;
@@ -111,6 +140,9 @@ async fn check_survives_kill_9(test_name: &str, db: TestDb) {
             acked > previous,
             "round {round}: the child made no progress"
         );
+        if db.url.starts_with("postgres") {
+            killed_sessions_gone(&db.url).await;
+        }
         let store = db.open().await;
         let info = store.log_info(&key).await.expect("log after kill");
         assert!(

@@ -173,6 +173,34 @@ async fn append_read_prove_and_verify_with_the_public_key_only() {
     }
 }
 
+/// Verifying a log while it grows never mistakes a fresh append for corruption (it read the
+/// root before the held entries once, and an append in between looked like entries past the
+/// root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifying_a_log_while_it_is_appended_to_finds_it_sound() {
+    for db in backends().await {
+        let store = std::sync::Arc::new(db.open().await);
+        let signer = Ed25519Signer::from_seed([9; 32]);
+        let key = signer.log_key();
+        append_range(&store, &signer, 9, 0, 10, 10).await;
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move { append_range(&store, &signer, 9, 10, 400, 1).await })
+        };
+        let mut checks = 0;
+        while !writer.is_finished() {
+            let report = store.verify_log(&key).await.unwrap_or_else(|e| {
+                panic!("{}: verify during appends, check {checks}: {e}", db.name)
+            });
+            assert!(report.held_entries >= 10 && report.held_entries <= 400);
+            checks += 1;
+        }
+        writer.await.unwrap();
+        assert!(checks > 1, "{}: only {checks} checks ran during the appends", db.name);
+        assert_eq!(store.verify_log(&key).await.unwrap().held_entries, 400);
+    }
+}
+
 #[tokio::test]
 async fn a_reopened_store_continues_the_same_tree() {
     for db in backends().await {

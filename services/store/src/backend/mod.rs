@@ -1583,6 +1583,11 @@ impl Store {
     /// Checks a held log against its signed root: the signature, the peaks, and every held entry
     /// through a proof built from the held nodes.
     pub async fn verify_log(&self, key: &LogKey) -> Result<VerifyReport, StoreError> {
+        // What is held is read before the root: an append committing in between (this node's
+        // own, or a peer's being stored) adds entries and moves the root in one transaction,
+        // so every entry read here is under the root read next. Read the other way round, such
+        // an append looked like entries past the root.
+        let held = self.held(key).await?;
         let row = self
             .log_row(key)
             .await?
@@ -1604,7 +1609,7 @@ impl Store {
             .verify(&root, 0, &empty, &[])
             .map_err(corrupt(format!("peaks of {key}")))?;
         let mut held_entries = 0;
-        for (s, e) in self.held(key).await?.iter() {
+        for (s, e) in held.iter() {
             if e > root.length() {
                 return Err(StoreError::Corrupt(format!(
                     "{key} holds entries past its root"

@@ -5,14 +5,14 @@
 //! The data file holds bytes only; which blocks are held is the database's `file_blocks` rows.
 //! A block is recorded there only after its bytes are durable (written, then `fdatasync`), so a
 //! crash in between leaves bytes nobody reads (the block is not held: it is fetched again and
-//! overwritten). Every block read is verified against the outboard by the caller, so a damaged
-//! or missing data file is reported as corrupt, never served.
+//! overwritten). Blocks read here are unverified: a local read verifies them against the
+//! outboard, and a fetcher verifies every block a holder serves, so damaged bytes are refused
+//! wherever they go; a missing or short data file is reported as corrupt.
 //!
 //! Blocks whose buffers are aligned (see [`block_buf`]) are written with direct I/O
 //! (`O_DIRECT`): a contiguous run of them in one `pwritev`, straight from their buffers to the
-//! disk, with no copy into the page cache and no write-back later. On this project's machine
-//! that halves the CPU a fetched 64 MiB costs the fetcher's storage and writes 4 MiB batches
-//! several times faster than buffered writes followed by `fdatasync`. Other blocks (a file's
+//! disk, with no copy into the page cache and no write-back later (BENCHMARKS.md has what that
+//! saved a fetch on this project's machine). Other blocks (a file's
 //! short last block, unaligned buffers) and file systems without direct I/O (tmpfs) take the
 //! buffered path; `fdatasync` follows either way.
 //!
