@@ -196,7 +196,11 @@ async fn verifying_a_log_while_it_is_appended_to_finds_it_sound() {
             checks += 1;
         }
         writer.await.unwrap();
-        assert!(checks > 1, "{}: only {checks} checks ran during the appends", db.name);
+        assert!(
+            checks > 1,
+            "{}: only {checks} checks ran during the appends",
+            db.name
+        );
         assert_eq!(store.verify_log(&key).await.unwrap().held_entries, 400);
     }
 }

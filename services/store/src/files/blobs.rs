@@ -90,7 +90,7 @@ pub(crate) fn recycle(bufs: impl IntoIterator<Item = BytesMut>) {
 
 /// Whether `data` can be written directly: its start and length aligned.
 fn direct_ok(data: &[u8]) -> bool {
-    data.as_ptr().align_offset(ALIGN) == 0 && data.len() % ALIGN == 0 && !data.is_empty()
+    data.as_ptr().align_offset(ALIGN) == 0 && data.len().is_multiple_of(ALIGN) && !data.is_empty()
 }
 
 /// A store's blob directory.
@@ -201,8 +201,10 @@ impl BlobDir {
             }
             match (&direct, run) {
                 (Some(direct), 1..) => {
-                    let parts: Vec<&[u8]> =
-                        blocks[at..at + run].iter().map(|(_, d)| d.as_ref()).collect();
+                    let parts: Vec<&[u8]> = blocks[at..at + run]
+                        .iter()
+                        .map(|(_, d)| d.as_ref())
+                        .collect();
                     write_direct(direct, &file, &parts, offset)
                         .map_err(|e| io("write", &path, e))?;
                     at += run;
@@ -298,9 +300,10 @@ fn write_direct(
     while !rest.is_empty() {
         let aligned = rest
             .iter()
-            .all(|s| s.as_ptr().align_offset(ALIGN) == 0 && s.len() % ALIGN == 0);
-        let at = i64::try_from(offset).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
-        let written = if aligned && offset % ALIGN as u64 == 0 {
+            .all(|s| s.as_ptr().align_offset(ALIGN) == 0 && s.len().is_multiple_of(ALIGN));
+        let at =
+            i64::try_from(offset).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
+        let written = if aligned && offset.is_multiple_of(ALIGN as u64) {
             match nix::sys::uio::pwritev(direct, &rest[..rest.len().min(1024)], at) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
                 Ok(n) => Some(n),
@@ -390,14 +393,17 @@ mod tests {
         let len = std::fs::metadata(blobs.path(3)).unwrap().len();
         assert_eq!(len, 7 * BLOCK_BYTES + 1000);
         // The hole reads as zeros; the data file holds bytes only, the rows say what is held.
-        assert!(blobs.read(3, &[(3, full)]).unwrap()[0].iter().all(|&b| b == 0));
+        assert!(
+            blobs.read(3, &[(3, full)]).unwrap()[0]
+                .iter()
+                .all(|&b| b == 0)
+        );
         // Over again, with other bytes, filling the hole: the new bytes win.
-        let again: Vec<(u64, BytesMut)> =
-            (1..4).map(|i| (i, filled(full, 40 + i as u8, true))).collect();
+        let again: Vec<(u64, BytesMut)> = (1..4)
+            .map(|i| (i, filled(full, 40 + i as u8, true)))
+            .collect();
         blobs.write(3, &again).unwrap();
-        let got = blobs
-            .read(3, &[(1, full), (2, full), (3, full)])
-            .unwrap();
+        let got = blobs.read(3, &[(1, full), (2, full), (3, full)]).unwrap();
         for ((_, wrote), got) in again.iter().zip(&got) {
             assert_eq!(&wrote[..], &got[..]);
         }

@@ -21,11 +21,11 @@ use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::blobs::{block_buf, recycle};
 use super::crypto::{EncryptReader, FileKey, PLAIN_CHUNK_BYTES, Ticket, decrypt_block};
 use super::hash::{
     OutboardBuilder, block_count, block_cv, block_len, decode_cvs, encode_cvs, root_from_cvs,
 };
-use super::blobs::{block_buf, recycle};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::Store;
 use crate::backend::{Db, in_write_tx, on_db, release_writer, take_writer, to_i64, to_u64};
