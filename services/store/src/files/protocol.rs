@@ -23,9 +23,8 @@
 //! | 7 error | UTF-8 text, at most 1 KiB |
 
 use std::ops::Range;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use blake3::hazmat::ChainingValue;
 use bytes::BytesMut;
@@ -683,9 +682,7 @@ impl Session<'_> {
                                     &mut batch,
                                     Vec::with_capacity(BATCH_BLOCKS as usize),
                                 );
-                                batches.send(full).await.map_err(|_| {
-                                    StoreError::Io("the store stopped taking blocks".into())
-                                })?;
+                                batches.send(full).await.map_err(|_| stopped())?;
                             }
                         }
                         END if payload.is_empty() => return Ok(()),
