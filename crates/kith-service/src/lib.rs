@@ -5,6 +5,8 @@
 //! - [`ServiceServer`]: serves a service's gRPC API with health, reflection, `/metrics`, a span
 //!   per RPC, authenticated listeners ([`Listen`]) and ordered shutdown ([`ServerHandle`]).
 //! - [`Token`]: the bearer credential TCP listeners demand, kept in a 0600 cookie file.
+//! - [`stream::ChunkWrite`]: a peer stream's sending half, which QUIC lets take owned chunks
+//!   without a copy.
 
 mod auth;
 mod client;
@@ -13,6 +15,7 @@ mod error;
 mod home;
 mod metrics;
 mod server;
+pub mod stream;
 mod telemetry;
 
 pub use auth::{CookieError, Token};

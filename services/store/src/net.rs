@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWrite};
+use kith_service::stream::BoxChunkWrite;
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use crate::error::StoreError;
@@ -23,10 +24,11 @@ pub type PeerId = [u8; 32];
 pub type Topic = [u8; 32];
 
 /// A bidirectional stream to an authenticated peer, split in halves. Shutting `send` down
-/// finishes our direction; `recv` ends when the peer finished its.
+/// finishes our direction; `recv` ends when the peer finished its. `send` takes owned chunks
+/// without a copy where the stream is QUIC ([`kith_service::stream::ChunkWrite`]).
 pub struct PeerChannel {
     pub peer: PeerId,
-    pub send: Box<dyn AsyncWrite + Send + Unpin>,
+    pub send: BoxChunkWrite,
     pub recv: Box<dyn AsyncRead + Send + Unpin>,
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use common::TestDb;
+use kith_service::stream::{BoxChunkWrite, ChunkWrite};
 use kith_store::files::crypto::{PLAIN_CHUNK_BYTES, ciphertext_size};
 use kith_store::files::{
     self, BLOCK_BYTES, EncryptReader, FileId, FileKey, Ticket, read_plaintext,
@@ -95,11 +96,14 @@ fn honest() -> Wrap {
 /// A writer that counts what passes, and after `cut` bytes fails (the stream is killed) or,
 /// with `flip`, flips a bit of byte `flip` of the stream.
 struct Tap {
-    inner: Box<dyn AsyncWrite + Send + Unpin>,
+    inner: BoxChunkWrite,
     written: Arc<AtomicU64>,
     cut: Option<u64>,
     flip: Option<u64>,
 }
+
+/// Chunks go through `poll_write`, so they are counted, cut and flipped like other writes.
+impl ChunkWrite for Tap {}
 
 impl AsyncWrite for Tap {
     fn poll_write(

@@ -4,7 +4,7 @@
 //! [`crate::service::TransportService`] implements it over a running [`crate::Node`];
 //! [`crate::grpc::RemoteTransport`] implements it over gRPC. A caller holds a
 //! [`TransportClient`] and cannot tell which: streams to peers are the same
-//! [`PeerStream`] (an `AsyncRead` and an `AsyncWrite`) either way, and errors are the same
+//! [`PeerStream`] (an `AsyncRead` and a [`ChunkWrite`]) either way, and errors are the same
 //! [`ApiError`] variants.
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 
 use crate::dht::{DhtStatus, NodeId};
@@ -22,6 +22,8 @@ use crate::error::TransportError;
 use crate::node::nat::NatStatus;
 use crate::node::{PeerAddrs, RelayAddr};
 use crate::peer::PeerId;
+#[doc(no_inline)]
+pub use kith_service::stream::ChunkWrite;
 
 /// The built-in protocol every node serves: each bidirectional stream echoes up to
 /// [`MAX_PING_BYTES`] and finishes. `kith peer connect` measures its round trip.
@@ -167,8 +169,9 @@ fn micros<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok
     s.serialize_u64(d.as_micros() as u64)
 }
 
-/// The sending half of a [`PeerStream`].
-pub type StreamWriter = Box<dyn AsyncWrite + Send + Unpin>;
+/// The sending half of a [`PeerStream`]: an `AsyncWrite` that also takes owned chunks
+/// ([`ChunkWrite::write_chunk`]), without a copy where the stream is QUIC.
+pub type StreamWriter = kith_service::stream::BoxChunkWrite;
 /// The receiving half of a [`PeerStream`].
 pub type StreamReader = Box<dyn AsyncRead + Send + Unpin>;
 

@@ -20,6 +20,7 @@ use kith_proto::transport::v1 as pb;
 use kith_proto::transport::v1::stream_frame::Frame;
 use kith_proto::transport::v1::transport_client::TransportClient as GrpcClient;
 use kith_proto::transport::v1::transport_server::{Transport, TransportServer};
+use kith_service::stream::WriteChunk;
 use kith_service::{AuthChannel, Connection, MAX_MESSAGE_BYTES, ServiceError};
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -130,7 +131,7 @@ fn pump(stream: PeerStream, mut requests: Streaming<pb::StreamFrame>) -> FrameSt
                 Ok(Some(pb::StreamFrame {
                     frame: Some(Frame::Data(data)),
                 })) if !finished => {
-                    if send.write_all(&data).await.is_err() {
+                    if send.write_chunk(data).await.is_err() {
                         break;
                     }
                 }
@@ -544,6 +545,27 @@ impl AsyncWrite for FrameWriter {
             self.tx.close();
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+impl ChunkWrite for FrameWriter {
+    /// Sends the chunk's pieces as data frames, without copying them.
+    fn write_chunk(&mut self, mut chunk: Bytes) -> WriteChunk<'_> {
+        Box::pin(async move {
+            while !chunk.is_empty() {
+                if self.finished {
+                    return Err(closed());
+                }
+                std::future::poll_fn(|cx| self.tx.poll_reserve(cx))
+                    .await
+                    .map_err(|_| closed())?;
+                let piece = chunk.split_to(chunk.len().min(MAX_DATA_FRAME));
+                self.tx
+                    .send_item(frame(Frame::Data(piece)))
+                    .map_err(|_| closed())?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -8,7 +8,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use async_trait::async_trait;
+use bytes::Bytes;
+use kith_service::stream::WriteChunk;
+use tokio::io::AsyncWrite;
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -227,8 +233,36 @@ fn stream(
     PeerStream {
         peer,
         alpn: String::from_utf8_lossy(alpn).into_owned(),
-        send: Box::new(send),
+        send: Box::new(QuicSend(send)),
         recv: Box::new(recv),
+    }
+}
+
+/// A QUIC stream's sending half: chunks go to quinn as they are (it keeps them until the peer
+/// acknowledges them) instead of being copied as `poll_write` does.
+struct QuicSend(quinn::SendStream);
+
+impl AsyncWrite for QuicSend {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        AsyncWrite::poll_shutdown(Pin::new(&mut self.0), cx)
+    }
+}
+
+impl ChunkWrite for QuicSend {
+    fn write_chunk(&mut self, chunk: Bytes) -> WriteChunk<'_> {
+        Box::pin(async move { self.0.write_chunk(chunk).await.map_err(Into::into) })
     }
 }
 

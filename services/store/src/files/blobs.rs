@@ -24,7 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use bytes::{Buf, BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 
@@ -86,6 +86,27 @@ pub(crate) fn recycle(bufs: impl IntoIterator<Item = BytesMut>) {
             pool.push(buf);
         }
     }
+}
+
+/// A block buffer that goes back to the pool when the last [`Bytes`] made of it is dropped.
+struct Pooled(BytesMut);
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        recycle([std::mem::take(&mut self.0)]);
+    }
+}
+
+/// `buf` as [`Bytes`] to hand over (to a stream that keeps it until the peer acknowledges it),
+/// its buffer back in the pool after.
+pub(crate) fn pooled_bytes(buf: BytesMut) -> Bytes {
+    Bytes::from_owner(Pooled(buf))
 }
 
 /// Whether `data` can be written directly: its start and length aligned.

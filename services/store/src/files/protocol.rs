@@ -28,10 +28,11 @@ use std::time::Duration;
 
 use blake3::hazmat::ChainingValue;
 use bytes::BytesMut;
+use kith_service::stream::ChunkWrite;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::blobs::{block_buf, blocking, recycle};
+use super::blobs::{block_buf, blocking, pooled_bytes, recycle};
 use super::hash::{block_count, block_cv, block_len};
 use super::store::{BATCH_BLOCKS, FileInfo};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
@@ -113,6 +114,25 @@ async fn write_frame<W: AsyncWrite + Unpin>(
             w.write_all(p).await?;
         }
         Ok(())
+    };
+    sent.await.map_err(|e| io_error("send to peer", e))
+}
+
+/// Sends block `index`: the frame's head written, then the block's buffer handed to the stream
+/// as it is (a QUIC stream keeps it, with no copy, until the peer has it; then it goes back to
+/// the pool).
+async fn send_block<W: ChunkWrite + ?Sized>(
+    w: &mut W,
+    index: u64,
+    data: BytesMut,
+) -> Result<(), StoreError> {
+    let mut head = [0u8; 13];
+    head[0] = BLOCK;
+    head[1..5].copy_from_slice(&(8 + data.len() as u32).to_le_bytes());
+    head[5..].copy_from_slice(&index.to_le_bytes());
+    let sent = async {
+        w.write_all(&head).await?;
+        w.write_chunk(pooled_bytes(data)).await
     };
     sent.await.map_err(|e| io_error("send to peer", e))
 }
@@ -303,7 +323,7 @@ pub async fn serve(store: &Store, channel: PeerChannel) -> Result<ServeReport, S
     result
 }
 
-async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+async fn serve_request<W: ChunkWrite, R: AsyncRead + Unpin>(
     store: &Store,
     send: &mut W,
     recv: &mut R,
@@ -364,12 +384,11 @@ async fn serve_request<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
     };
     let write = async {
         while let Some(rows) = batch_rx.recv().await {
-            for (idx, data) in &rows {
-                write_frame(send, BLOCK, &[&idx.to_le_bytes(), data]).await?;
+            for (idx, data) in rows {
                 report.blocks_sent += 1;
                 report.bytes_sent += data.len() as u64;
+                send_block(send, idx, data).await?;
             }
-            recycle(rows.into_iter().map(|(_, data)| data));
         }
         Ok::<_, StoreError>(())
     };
