@@ -428,6 +428,25 @@ mod tests {
         for ((_, wrote), got) in again.iter().zip(&got) {
             assert_eq!(&wrote[..], &got[..]);
         }
+        // A data file cut short in block 2: reading through it is corrupt, naming that block;
+        // the blocks before it still read.
+        let file = OpenOptions::new().write(true).open(blobs.path(3)).unwrap();
+        file.set_len(2 * BLOCK_BYTES + 5).unwrap();
+        let err = blobs
+            .read(3, &[(0, full), (1, full), (2, full), (3, full)])
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(why) if why.contains("block 2 ")),
+            "{err:?}"
+        );
+        assert_eq!(
+            &blobs.read(3, &[(1, full)]).unwrap()[0][..],
+            &again[0].1[..]
+        );
+        // And gone.
+        blobs.remove(3).unwrap();
+        let err = blobs.read(3, &[(0, full)]).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
     }
 
     #[test]
