@@ -80,55 +80,44 @@ fn io_error(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Network(format!("{what}: {e}"))
 }
 
-/// Frames up to this size are sent as one write; larger ones as a head and their parts, so a
-/// block's bytes are not copied into a frame buffer first (the stream copies them once).
+/// Frames up to this size are sent as one write; larger ones (outboard frames) as their head
+/// and then their payload, which is not copied into a frame buffer first.
 const COALESCE_BYTES: usize = 4096;
 
+/// A frame's head: its kind and its payload's length.
+fn frame_head(kind: u8, len: usize) -> [u8; 5] {
+    let mut head = [kind; 5];
+    head[1..].copy_from_slice(&(len as u32).to_le_bytes());
+    head
+}
+
+/// Sends a frame of kind `kind` carrying `payload` (blocks go by [`send_block`]).
 async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: u8,
-    parts: &[&[u8]],
+    payload: &[u8],
 ) -> Result<(), StoreError> {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut head = Vec::with_capacity(5 + len.min(COALESCE_BYTES));
-    head.push(kind);
-    head.extend_from_slice(&(len as u32).to_le_bytes());
+    let head = frame_head(kind, payload.len());
     let sent = async {
-        if len <= COALESCE_BYTES {
-            for p in parts {
-                head.extend_from_slice(p);
-            }
-            return w.write_all(&head).await;
-        }
-        // Small leading parts (a block's index) ride with the head.
-        let mut rest = parts;
-        while let [first, tail @ ..] = rest {
-            if head.len() + first.len() > 64 {
-                break;
-            }
-            head.extend_from_slice(first);
-            rest = tail;
+        if payload.len() <= COALESCE_BYTES {
+            return w.write_all(&[&head[..], payload].concat()).await;
         }
         w.write_all(&head).await?;
-        for p in rest {
-            w.write_all(p).await?;
-        }
-        Ok(())
+        w.write_all(payload).await
     };
     sent.await.map_err(|e| io_error("send to peer", e))
 }
 
-/// Sends block `index`: the frame's head written, then the block's buffer handed to the stream
-/// as it is (a QUIC stream keeps it, with no copy, until the peer has it; then it goes back to
-/// the pool).
+/// Sends block `index`: the frame's head and the index written, then the block's buffer
+/// handed to the stream as it is (a QUIC stream keeps it, with no copy, until the peer has
+/// it; then it goes back to the pool).
 async fn send_block<W: ChunkWrite + ?Sized>(
     w: &mut W,
     index: u64,
     data: BytesMut,
 ) -> Result<(), StoreError> {
     let mut head = [0u8; 13];
-    head[0] = BLOCK;
-    head[1..5].copy_from_slice(&(8 + data.len() as u32).to_le_bytes());
+    head[..5].copy_from_slice(&frame_head(BLOCK, 8 + data.len()));
     head[5..].copy_from_slice(&index.to_le_bytes());
     let sent = async {
         w.write_all(&head).await?;
@@ -316,7 +305,7 @@ pub async fn serve(store: &Store, channel: PeerChannel) -> Result<ServeReport, S
         if matches!(error, StoreError::Protocol(_) | StoreError::Corrupt(_)) {
             let text = error.to_string();
             let text = &text.as_bytes()[..text.len().min(1024)];
-            let _ = write_frame(&mut send, ERROR, &[text]).await;
+            let _ = write_frame(&mut send, ERROR, text).await;
         }
     }
     let _ = send.shutdown().await;
@@ -343,12 +332,12 @@ async fn serve_request<W: ChunkWrite, R: AsyncRead + Unpin>(
         return Ok(ServeReport::default());
     };
     let count = block_count(file.size);
-    write_frame(send, HEADER, &[&file.size.to_le_bytes()]).await?;
+    write_frame(send, HEADER, &file.size.to_le_bytes()).await?;
     if request.outboard {
         // Checked against the id before it goes.
         let cvs = store.file_outboard(&id, file).await?;
         for frame in cvs.chunks(CVS_PER_FRAME) {
-            write_frame(send, OUTBOARD, &[&frame.concat()]).await?;
+            write_frame(send, OUTBOARD, &frame.concat()).await?;
         }
     }
     let held = store.held_blocks(file.row).await?;
@@ -480,7 +469,7 @@ pub async fn fetch(
         mut send,
         recv,
     } = channel;
-    write_frame(&mut send, REQUEST, &[&request.encode()]).await?;
+    write_frame(&mut send, REQUEST, &request.encode()).await?;
     send.shutdown()
         .await
         .map_err(|e| io_error("send to peer", e))?;
