@@ -439,12 +439,14 @@ fn main() {
         raw_round(&conn, holder.size).await;
         storage_round(&pool, &anchor_data, &blocks).await;
 
-        // For profilers: `KITH_FILE_BENCH_ONLY=kith|raw|both` runs 20 rounds of one system
-        // alone (or of both, alternating), prints their figures and each thread's CPU per
-        // round, and writes nothing.
+        // For profilers: `KITH_FILE_BENCH_ONLY=kith|raw|both` runs 20 rounds (or
+        // `KITH_FILE_BENCH_ROUNDS`) of one system alone (or of both, alternating), prints their
+        // figures and each thread's CPU per round, and writes nothing.
         if let Ok(only) = std::env::var("KITH_FILE_BENCH_ONLY") {
+            let rounds: usize = std::env::var("KITH_FILE_BENCH_ROUNDS")
+                .map_or(20, |n| n.parse().expect("KITH_FILE_BENCH_ROUNDS: a number"));
             let before = thread_cpu();
-            for _ in 0..20 {
+            for _ in 0..rounds {
                 let (rate, cpu) = match only.as_str() {
                     "kith" => kith_round(&store, &network, &holder).await,
                     // Alternating, as the measured rounds do; the figures printed are Kith's.
@@ -462,7 +464,7 @@ fn main() {
             let after = thread_cpu();
             for (tid, (name, ns)) in &after {
                 let was = before.get(tid).map_or(0, |(_, ns)| *ns);
-                let ms = (ns - was) as f64 / 1e6 / 20.0;
+                let ms = (ns - was) as f64 / 1e6 / rounds as f64;
                 if ms >= 0.5 {
                     println!("  thread {tid} {name}: {ms:.1} ms CPU per round");
                 }

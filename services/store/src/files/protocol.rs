@@ -23,7 +23,6 @@
 //! | 7 error | UTF-8 text, at most 1 KiB |
 
 use std::ops::Range;
-use std::sync::Arc;
 use std::time::Duration;
 
 use blake3::hazmat::ChainingValue;
@@ -32,9 +31,9 @@ use kith_service::stream::ChunkWrite;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::blobs::{block_buf, blocking, pooled_bytes, recycle};
+use super::blobs::{block_buf, pooled_bytes, recycle};
 use super::hash::{block_count, block_cv, block_len};
-use super::store::{BATCH_BLOCKS, FileInfo};
+use super::store::{BATCH_BLOCKS, BlockSource, FileInfo};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::Store;
 use crate::error::StoreError;
@@ -340,40 +339,46 @@ async fn serve_request<W: ChunkWrite, R: AsyncRead + Unpin>(
             write_frame(send, OUTBOARD, &frame.concat()).await?;
         }
     }
-    let held = store.held_blocks(file.row).await?;
-    let mut to_send = Vec::new();
-    for (s, e) in request.ranges {
-        let (s, e) = (s.min(count), e.min(count));
-        for (hs, he) in held.iter() {
-            let (a, b) = (s.max(hs), e.min(he));
-            if a < b {
-                to_send.push((a, b));
-            }
-        }
-    }
     let mut report = ServeReport {
         found: true,
         ..ServeReport::default()
     };
-    // Reading the next batch from the database overlaps with sending this one.
-    let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
+    // Looking up the next batch's rows overlaps with sending this one. Each block in the data
+    // file is read just before it goes (from the page cache without blocking, see
+    // `BlockReader::read`), so QUIC copies it into packets while it is hot in the CPU's cache.
+    let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BlockSource)>>(2);
+    // Each lookup takes the next held blocks of a range, however sparse: what is not held
+    // here is skipped (the fetcher asks someone else).
     let read = async move {
-        for (s, e) in to_send {
-            let mut at = s;
+        for (s, e) in request.ranges {
+            let (mut at, e) = (s.min(count), e.min(count));
             while at < e {
-                let end = (at + BATCH_BLOCKS).min(e);
-                let rows = store.block_rows(file, at..end).await?;
+                let rows = store.block_sources(file, at..e, BATCH_BLOCKS).await?;
+                let Some(&(last, _)) = rows.last() else {
+                    break;
+                };
                 if batches.send(rows).await.is_err() {
                     return Ok(());
                 }
-                at = end;
+                at = last + 1;
             }
         }
         Ok::<_, StoreError>(())
     };
     let write = async {
+        let mut reader = None;
         while let Some(rows) = batch_rx.recv().await {
-            for (idx, data) in rows {
+            for (idx, source) in rows {
+                let data = match source {
+                    BlockSource::Row(data) => data,
+                    BlockSource::DataFile(len) => {
+                        let reader = match &reader {
+                            Some(reader) => reader,
+                            None => reader.insert(store.block_reader(file.row).await?),
+                        };
+                        reader.read(idx, len).await?
+                    }
+                };
                 report.blocks_sent += 1;
                 report.bytes_sent += data.len() as u64;
                 send_block(send, idx, data).await?;
@@ -548,7 +553,6 @@ impl Session<'_> {
             ),
             None => (None, self.read_outboard(recv, count).await?),
         };
-        let cvs: Arc<[ChainingValue]> = cvs.into();
         // A new file's row (after its outboard is checked against the id) is added by the
         // writing stage, while the first blocks arrive; nothing is written before it.
         let id = self.id;
@@ -590,43 +594,14 @@ impl Session<'_> {
         progress(state);
 
         // A pipeline of batches, each stage on a different batch at once: the receiver checks
-        // each block's place and length as it comes off the stream; then a batch is verified
-        // against the outboard (on the blocking pool), its bytes written and made durable,
-        // and its rows committed. A bad block ends the verifier, and what verified before it
-        // still goes through the later stages.
-        let (batches, batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
-        let (verified, verified_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(1);
+        // each block's place and length as it comes off the stream and verifies it against the
+        // outboard there and then (hashing 64 KiB just copied, still in the CPU's cache); then
+        // a batch's bytes are written and made durable, and its rows committed. A bad block
+        // ends the receiver, and what verified before it still goes through the later stages.
+        let (verified, verified_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
         let (written, written_rx) = tokio::sync::mpsc::channel::<(i64, Vec<(u64, BytesMut)>)>(1);
         let store = self.store;
         let stopped = || StoreError::Io("the store stopped taking blocks".into());
-        let verify = async {
-            let (mut batch_rx, verified) = (batch_rx, verified);
-            while let Some(batch) = batch_rx.recv().await {
-                let cvs = cvs.clone();
-                let (good, bad) = blocking(move || {
-                    let mut good = batch;
-                    let bad = good
-                        .iter()
-                        .position(|(idx, data)| block_cv(size, *idx, data) != cvs[*idx as usize])
-                        .map(|k| {
-                            let idx = good[k].0;
-                            good.truncate(k);
-                            idx
-                        });
-                    Ok((good, bad))
-                })
-                .await?;
-                if !good.is_empty() {
-                    verified.send(good).await.map_err(|_| stopped())?;
-                }
-                if let Some(idx) = bad {
-                    return Err(protocol(format!(
-                        "block {idx} does not match the file's hash"
-                    )));
-                }
-            }
-            Ok::<_, StoreError>(())
-        };
         let write = async {
             let (mut verified_rx, written) = (verified_rx, written);
             let row = add_file.await?;
@@ -684,13 +659,27 @@ impl Session<'_> {
                                 )));
                             }
                             next = idx + 1;
+                            if block_cv(size, idx, &payload) != cvs[idx as usize] {
+                                return Err(protocol(format!(
+                                    "block {idx} does not match the file's hash"
+                                )));
+                            }
                             batch.push((idx, payload));
-                            if batch.len() as u64 == BATCH_BLOCKS {
+                            // A full batch goes on, unless few blocks are left to come: they
+                            // join it, so the transfer does not end with a small batch's
+                            // write, sync and commit after this one's.
+                            let left = || -> u64 {
+                                may_arrive
+                                    .iter()
+                                    .map(|(s, e)| e.saturating_sub(s.max(next)))
+                                    .sum()
+                            };
+                            if batch.len() as u64 >= BATCH_BLOCKS && left() > BATCH_BLOCKS / 4 {
                                 let full = std::mem::replace(
                                     &mut batch,
                                     Vec::with_capacity(BATCH_BLOCKS as usize),
                                 );
-                                batches.send(full).await.map_err(|_| stopped())?;
+                                verified.send(full).await.map_err(|_| stopped())?;
                             }
                         }
                         END if payload.is_empty() => return Ok(()),
@@ -705,21 +694,20 @@ impl Session<'_> {
                 }
             }
             .await;
-            // What arrived before an error is still verified and kept.
+            // What verified before an error is still kept.
             if !batch.is_empty() {
-                let _ = batches.send(batch).await;
+                let _ = verified.send(batch).await;
             }
-            drop(batches);
+            drop(verified);
             result
         };
-        let (received, verified, written, recorded) = tokio::join!(receive, verify, write, record);
+        let (received, written, recorded) = tokio::join!(receive, write, record);
         self.received_blocks += stored_blocks;
         self.received_bytes += stored_bytes;
         // The first stage to fail (counting from the store's end) says why; the ones before it
         // only saw it stop.
         recorded?;
         written?;
-        verified?;
         received?;
         let mut missing = RangeSet::new();
         for (s, e) in asked.iter() {

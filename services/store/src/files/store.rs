@@ -21,7 +21,7 @@ use serde::Serialize;
 use sqlx::{QueryBuilder, Row};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::blobs::{block_buf, recycle};
+use super::blobs::{BlockReader, block_buf, recycle};
 use super::crypto::{EncryptReader, FileKey, PLAIN_CHUNK_BYTES, Ticket, decrypt_block};
 use super::hash::{
     OutboardBuilder, block_count, block_cv, block_len, decode_cvs, encode_cvs, root_from_cvs,
@@ -31,6 +31,15 @@ use crate::Store;
 use crate::backend::{Db, in_write_tx, on_db, release_writer, take_writer, to_i64, to_u64};
 use crate::error::StoreError;
 use crate::log::RangeSet;
+
+/// Where a held block's bytes are.
+#[derive(Debug)]
+pub(crate) enum BlockSource {
+    /// In its row (a store without a blob dir).
+    Row(BytesMut),
+    /// In the file's data file: this many bytes at the block's offset.
+    DataFile(usize),
+}
 
 /// Blocks per write transaction (4 MiB) and at most per read.
 pub const BATCH_BLOCKS: u64 = 64;
@@ -574,52 +583,87 @@ impl Store {
         file: FileRow,
         blocks: Range<u64>,
     ) -> Result<Vec<(u64, BytesMut)>, StoreError> {
+        let limit = blocks.end.saturating_sub(blocks.start);
+        let sources = self.block_sources(file, blocks, limit).await?;
+        let from_file: Vec<(u64, usize)> = sources
+            .iter()
+            .filter_map(|(i, source)| match source {
+                BlockSource::DataFile(len) => Some((*i, *len)),
+                BlockSource::Row(_) => None,
+            })
+            .collect();
+        let mut read = if from_file.is_empty() {
+            Vec::new()
+        } else {
+            let blobs = self.blobs_of(file.row)?;
+            let row = file.row;
+            super::blobs::blocking(move || blobs.read(row, &from_file)).await?
+        }
+        .into_iter();
+        sources
+            .into_iter()
+            .map(|(i, source)| match source {
+                BlockSource::Row(data) => Ok((i, data)),
+                BlockSource::DataFile(_) => read
+                    .next()
+                    .map(|d| (i, d))
+                    .ok_or_else(|| StoreError::Io("blob read came back short".into())),
+            })
+            .collect()
+    }
+
+    /// Where the first `limit` held blocks among `blocks` are, in order: each block's bytes
+    /// from its row, or its length in the data file (read them with [`Self::block_reader`]).
+    pub(crate) async fn block_sources(
+        &self,
+        file: FileRow,
+        blocks: Range<u64>,
+        limit: u64,
+    ) -> Result<Vec<(u64, BlockSource)>, StoreError> {
         let row = file.row;
         let rows = on_db!(&self.db, pool, DB => {
-            sqlx::query("SELECT idx, data FROM file_blocks WHERE file_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx")
+            sqlx::query("SELECT idx, data FROM file_blocks WHERE file_id = $1 AND idx >= $2 AND idx < $3 ORDER BY idx LIMIT $4")
                 .bind(row)
                 .bind(to_i64(blocks.start)?)
                 .bind(to_i64(blocks.end)?)
+                .bind(to_i64(limit)?)
                 .fetch_all(pool)
                 .await?
                 .into_iter()
                 .map(|r| -> Result<_, sqlx::Error> { Ok((r.try_get::<i64, _>(0)?, r.try_get::<Option<Vec<u8>>, _>(1)?)) })
                 .collect::<Result<Vec<_>, _>>()?
         });
-        let mut out = Vec::with_capacity(rows.len());
-        let mut from_file = Vec::new();
-        for (i, data) in rows {
-            let i = to_u64(i)?;
-            if data.is_none() {
-                if i >= block_count(file.size) {
-                    return Err(StoreError::Corrupt(format!(
+        rows.into_iter()
+            .map(|(i, data)| {
+                let i = to_u64(i)?;
+                match data {
+                    Some(data) => Ok((
+                        i,
+                        BlockSource::Row(BytesMut::from(bytes::Bytes::from(data))),
+                    )),
+                    None if i >= block_count(file.size) => Err(StoreError::Corrupt(format!(
                         "block {i} of file row {row} is past its end"
-                    )));
+                    ))),
+                    None => Ok((i, BlockSource::DataFile(block_len(file.size, i)))),
                 }
-                from_file.push((i, block_len(file.size, i)));
-            }
-            out.push((i, data));
-        }
-        let mut read = if from_file.is_empty() {
-            Vec::new()
-        } else {
-            let Some(blobs) = self.blobs.clone() else {
-                return Err(StoreError::Corrupt(format!(
-                    "blocks of file row {row} are kept in a blob dir, and this store was opened without one"
-                )));
-            };
-            super::blobs::blocking(move || blobs.read(row, &from_file)).await?
-        }
-        .into_iter();
-        out.into_iter()
-            .map(|(i, data)| match data {
-                Some(data) => Ok((i, BytesMut::from(bytes::Bytes::from(data)))),
-                None => read
-                    .next()
-                    .map(|d| (i, d))
-                    .ok_or_else(|| StoreError::Io("blob read came back short".into())),
             })
             .collect()
+    }
+
+    /// File row `row`'s data file, open to read blocks from.
+    pub(crate) async fn block_reader(&self, row: i64) -> Result<BlockReader, StoreError> {
+        let blobs = self.blobs_of(row)?;
+        super::blobs::blocking(move || blobs.reader(row)).await
+    }
+
+    /// The blob dir that holds row `row`'s data file: a store opened without one cannot read
+    /// blocks kept in one.
+    fn blobs_of(&self, row: i64) -> Result<super::blobs::BlobDir, StoreError> {
+        self.blobs.clone().ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "blocks of file row {row} are kept in a blob dir, and this store was opened without one"
+            ))
+        })
     }
 
     /// Deletes a file and every block of it held here; whether it was held.
