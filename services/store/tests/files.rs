@@ -295,7 +295,7 @@ async fn fetching_whole_files_and_ranges_between_stores() {
         let a = Arc::new(db.open().await);
         let b = Arc::new(db_b.open().await);
         let c = db_c.open().await;
-        let plain = plaintext(4, 3 << 20);
+        let plain = plaintext(4, 6 << 20);
         let ticket = put(&a, &plain).await;
         let net = MemoryNetwork::new(peer(0));
         serve_as(&net, 1, a.clone(), honest()).await;
@@ -338,12 +338,31 @@ async fn fetching_whole_files_and_ranges_between_stores() {
             Err(StoreError::BlockNotHeld { index: 0 })
         ));
 
+        // A second island, with a gap of more than a lookup's 64 blocks before it.
+        let second = ticket.blocks_for(5_000_000..5_100_000);
+        assert!(second.start - want.end > 64);
+        files::fetch(&b, &net, peer(1), ticket.id, second.clone(), |_| {})
+            .await
+            .unwrap();
+        let islands = vec![(want.start, want.end), (second.start, second.end)];
+
         // A mirror (C) fetches everything from the partial holder B: it gets what B has.
         let partial = files::fetch(&c, &net, peer(2), ticket.id, 0..u64::MAX, |_| {})
             .await
             .unwrap();
         assert!(!partial.complete());
-        assert_eq!(partial.info.held_blocks, want.end - want.start);
+        assert_eq!(
+            partial.info.held_blocks,
+            want.end - want.start + second.end - second.start
+        );
+        assert_eq!(
+            c.file_held(&ticket.id)
+                .await
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>(),
+            islands
+        );
         // Then the rest from A: only the missing blocks travel.
         let rest = files::fetch(&c, &net, peer(1), ticket.id, 0..u64::MAX, |_| {})
             .await
