@@ -16,7 +16,9 @@
 //! short last block, unaligned buffers) and file systems without direct I/O (tmpfs) take the
 //! buffered path; `fdatasync` follows either way.
 //!
-//! Everything here is blocking I/O; callers run it under `spawn_blocking`.
+//! Everything here is blocking I/O that callers run under `spawn_blocking`, except
+//! [`BlockReader::read`], which reads what the page cache holds on the caller's thread and
+//! only the rest on the blocking pool.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, IoSlice, IoSliceMut};
@@ -174,11 +176,41 @@ impl BlobDir {
     /// Writes `blocks` (index, ciphertext) into row `row`'s data file and makes them durable
     /// (`fdatasync`; and the directory's `fsync` if the file was created). Runs of contiguous
     /// aligned blocks go with direct I/O where the file system has it.
+    #[cfg(test)]
     pub(crate) fn write<B: AsRef<[u8]>>(
         &self,
         row: i64,
         blocks: &[(u64, B)],
     ) -> Result<(), StoreError> {
+        let created = self.write_unsynced(row, blocks)?;
+        self.sync(row, created)
+    }
+
+    /// Makes what was written to row `row`'s data file durable: `fdatasync`, and the
+    /// directory's `fsync` too if `created` (one of those writes created the file).
+    pub(crate) fn sync(&self, row: i64, created: bool) -> Result<(), StoreError> {
+        let path = self.path(row);
+        File::open(&path)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| io("sync", &path, e))?;
+        if created {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("sync the blob dir", &self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::write`] without the sync: whether it created the data file (a later
+    /// [`Self::sync`] must then sync the directory too).
+    pub(crate) fn write_unsynced<B: AsRef<[u8]>>(
+        &self,
+        row: i64,
+        blocks: &[(u64, B)],
+    ) -> Result<bool, StoreError> {
+        if blocks.is_empty() {
+            return Ok(false);
+        }
         let path = self.path(row);
         let (file, created) = match OpenOptions::new().write(true).open(&path) {
             Ok(f) => (f, false),
@@ -238,13 +270,7 @@ impl BlobDir {
                 }
             }
         }
-        file.sync_data().map_err(|e| io("sync", &path, e))?;
-        if created {
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io("sync the blob dir", &self.dir, e))?;
-        }
-        Ok(())
+        Ok(created)
     }
 
     /// Opens row `row`'s data file to read blocks from. A missing one is

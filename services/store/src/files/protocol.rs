@@ -31,9 +31,9 @@ use kith_service::stream::ChunkWrite;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::blobs::{block_buf, pooled_bytes, recycle};
+use super::blobs::{BlockReader, block_buf, pooled_bytes, recycle};
 use super::hash::{block_count, block_cv, block_len};
-use super::store::{BATCH_BLOCKS, BlockSource, FileInfo};
+use super::store::{BATCH_BLOCKS, BlockSource, FileInfo, PartWrites};
 use super::{BLOCK_BYTES, FileId, MAX_FILE_BYTES};
 use crate::Store;
 use crate::error::StoreError;
@@ -124,6 +124,9 @@ async fn send_block<W: ChunkWrite + ?Sized>(
     };
     sent.await.map_err(|e| io_error("send to peer", e))
 }
+
+/// Blocks a fetcher writes at a time (1 MiB) as a batch arrives.
+const PART_BLOCKS: usize = 16;
 
 /// A received frame. A block frame's index is parsed off, so its payload is the block's bytes
 /// alone, read straight into a buffer of their size (aligned, so the data file takes it with
@@ -332,24 +335,21 @@ async fn serve_request<W: ChunkWrite, R: AsyncRead + Unpin>(
     };
     let count = block_count(file.size);
     write_frame(send, HEADER, &file.size.to_le_bytes()).await?;
-    if request.outboard {
-        // Checked against the id before it goes.
-        let cvs = store.file_outboard(&id, file).await?;
-        for frame in cvs.chunks(CVS_PER_FRAME) {
-            write_frame(send, OUTBOARD, &frame.concat()).await?;
-        }
-    }
     let mut report = ServeReport {
         found: true,
         ..ServeReport::default()
     };
-    // Looking up the next batch's rows overlaps with sending this one. Each block in the data
-    // file is read just before it goes (from the page cache without blocking, see
-    // `BlockReader::read`), so QUIC copies it into packets while it is hot in the CPU's cache.
-    let (batches, mut batch_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BlockSource)>>(2);
+    // Looking up the next batch's rows overlaps with sending this one (and the first lookup,
+    // with sending the outboard). Each block in the data file is read just before it goes
+    // (from the page cache without blocking, see `BlockReader::read`), so QUIC copies it into
+    // packets while it is hot in the CPU's cache; the data file is opened by the first lookup
+    // that needs it.
+    let (batches, mut batch_rx) =
+        tokio::sync::mpsc::channel::<(Vec<(u64, BlockSource)>, Option<BlockReader>)>(2);
     // Each lookup takes the next held blocks of a range, however sparse: what is not held
     // here is skipped (the fetcher asks someone else).
     let read = async move {
+        let mut opened = false;
         for (s, e) in request.ranges {
             let (mut at, e) = (s.min(count), e.min(count));
             while at < e {
@@ -357,7 +357,16 @@ async fn serve_request<W: ChunkWrite, R: AsyncRead + Unpin>(
                 let Some(&(last, _)) = rows.last() else {
                     break;
                 };
-                if batches.send(rows).await.is_err() {
+                let mut reader = None;
+                if !opened
+                    && rows
+                        .iter()
+                        .any(|(_, source)| matches!(source, BlockSource::DataFile(_)))
+                {
+                    reader = Some(store.block_reader(file.row).await?);
+                    opened = true;
+                }
+                if batches.send((rows, reader)).await.is_err() {
                     return Ok(());
                 }
                 at = last + 1;
@@ -366,17 +375,24 @@ async fn serve_request<W: ChunkWrite, R: AsyncRead + Unpin>(
         Ok::<_, StoreError>(())
     };
     let write = async {
+        if request.outboard {
+            // Checked against the id before it goes.
+            let cvs = store.file_outboard(&id, file).await?;
+            for frame in cvs.chunks(CVS_PER_FRAME) {
+                write_frame(send, OUTBOARD, &frame.concat()).await?;
+            }
+        }
         let mut reader = None;
-        while let Some(rows) = batch_rx.recv().await {
+        while let Some((rows, opened)) = batch_rx.recv().await {
+            reader = reader.or(opened);
             for (idx, source) in rows {
-                let data = match source {
-                    BlockSource::Row(data) => data,
-                    BlockSource::DataFile(len) => {
-                        let reader = match &reader {
-                            Some(reader) => reader,
-                            None => reader.insert(store.block_reader(file.row).await?),
-                        };
-                        reader.read(idx, len).await?
+                let data = match (source, &reader) {
+                    (BlockSource::Row(data), _) => data,
+                    (BlockSource::DataFile(len), Some(reader)) => reader.read(idx, len).await?,
+                    (BlockSource::DataFile(_), None) => {
+                        return Err(StoreError::Io(
+                            "a block in the data file came before it was opened".into(),
+                        ));
                     }
                 };
                 report.blocks_sent += 1;
@@ -595,20 +611,35 @@ impl Session<'_> {
 
         // A pipeline of batches, each stage on a different batch at once: the receiver checks
         // each block's place and length as it comes off the stream and verifies it against the
-        // outboard there and then (hashing 64 KiB just copied, still in the CPU's cache); then
-        // a batch's bytes are written and made durable, and its rows committed. A bad block
-        // ends the receiver, and what verified before it still goes through the later stages.
-        let (verified, verified_rx) = tokio::sync::mpsc::channel::<Vec<(u64, BytesMut)>>(2);
+        // outboard there and then (hashing 64 KiB just copied, still in the CPU's cache); a
+        // batch's bytes are written in parts as they come (so little is left to write when
+        // the last block is in), made durable at the batch's end, and then its rows committed.
+        // A bad block ends the receiver, and what verified before it still goes through the
+        // later stages.
+        // Parts of a batch, and whether the part ends it.
+        let (verified, verified_rx) = tokio::sync::mpsc::channel::<(Vec<(u64, BytesMut)>, bool)>(4);
         let (written, written_rx) = tokio::sync::mpsc::channel::<(i64, Vec<(u64, BytesMut)>)>(1);
         let store = self.store;
         let stopped = || StoreError::Io("the store stopped taking blocks".into());
         let write = async {
             let (mut verified_rx, written) = (verified_rx, written);
             let row = add_file.await?;
-            while let Some(batch) = verified_rx.recv().await {
-                let batch = store.write_block_data(row, batch).await?;
-                written.send((row, batch)).await.map_err(|_| stopped())?;
+            let (mut parts, mut batch) = (PartWrites::default(), Vec::new());
+            while let Some((part, ends)) = verified_rx.recv().await {
+                batch.extend(
+                    store
+                        .write_block_data_part(row, part, &mut parts, ends)
+                        .await?,
+                );
+                if ends {
+                    written
+                        .send((row, std::mem::take(&mut batch)))
+                        .await
+                        .map_err(|_| stopped())?;
+                }
             }
+            // The receiver ends every batch it starts, so nothing is left unsynced.
+            debug_assert!(batch.is_empty());
             Ok::<_, StoreError>(())
         };
         let mut stored = RangeSet::new();
@@ -633,7 +664,8 @@ impl Session<'_> {
             Ok::<_, StoreError>(())
         };
         let receive = async {
-            let mut batch = Vec::with_capacity(BATCH_BLOCKS as usize);
+            // The batch's blocks not sent yet, and all of them.
+            let (mut part, mut in_batch) = (Vec::with_capacity(PART_BLOCKS), 0u64);
             let result = async {
                 let mut next = 0u64;
                 loop {
@@ -664,22 +696,25 @@ impl Session<'_> {
                                     "block {idx} does not match the file's hash"
                                 )));
                             }
-                            batch.push((idx, payload));
-                            // A full batch goes on, unless few blocks are left to come: they
-                            // join it, so the transfer does not end with a small batch's
-                            // write, sync and commit after this one's.
+                            part.push((idx, payload));
+                            in_batch += 1;
+                            // A full batch ends, unless few blocks are left to come: they join
+                            // it, so the transfer does not end with a small batch's write,
+                            // sync and commit after this one's.
                             let left = || -> u64 {
                                 may_arrive
                                     .iter()
                                     .map(|(s, e)| e.saturating_sub(s.max(next)))
                                     .sum()
                             };
-                            if batch.len() as u64 >= BATCH_BLOCKS && left() > BATCH_BLOCKS / 4 {
-                                let full = std::mem::replace(
-                                    &mut batch,
-                                    Vec::with_capacity(BATCH_BLOCKS as usize),
-                                );
-                                verified.send(full).await.map_err(|_| stopped())?;
+                            let ends = in_batch >= BATCH_BLOCKS && left() > BATCH_BLOCKS / 4;
+                            if ends || part.len() >= PART_BLOCKS {
+                                let full =
+                                    std::mem::replace(&mut part, Vec::with_capacity(PART_BLOCKS));
+                                verified.send((full, ends)).await.map_err(|_| stopped())?;
+                                if ends {
+                                    in_batch = 0;
+                                }
                             }
                         }
                         END if payload.is_empty() => return Ok(()),
@@ -694,9 +729,9 @@ impl Session<'_> {
                 }
             }
             .await;
-            // What verified before an error is still kept.
-            if !batch.is_empty() {
-                let _ = verified.send(batch).await;
+            // The last batch ends here; what verified before an error is still kept.
+            if in_batch > 0 {
+                let _ = verified.send((part, true)).await;
             }
             drop(verified);
             result

@@ -41,6 +41,15 @@ pub(crate) enum BlockSource {
     DataFile(usize),
 }
 
+/// Block data written by [`Store::write_block_data_part`] and not yet made durable.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PartWrites {
+    /// Something was written since the last sync.
+    unsynced: bool,
+    /// One of those writes created the data file (its directory needs a sync too).
+    created: bool,
+}
+
 /// Blocks per write transaction (4 MiB) and at most per read.
 pub const BATCH_BLOCKS: u64 = 64;
 /// Blocks per multi-row insert (3 binds each: a whole batch is one statement).
@@ -303,16 +312,44 @@ impl Store {
         row: i64,
         blocks: Vec<(u64, B)>,
     ) -> Result<Vec<(u64, B)>, StoreError> {
-        match self.blobs.clone() {
-            Some(blobs) if !blocks.is_empty() => {
-                super::blobs::blocking(move || {
-                    blobs.write(row, &blocks)?;
-                    Ok(blocks)
-                })
-                .await
-            }
-            _ => Ok(blocks),
+        self.write_block_data_part(row, blocks, &mut PartWrites::default(), true)
+            .await
+    }
+
+    /// [`Self::write_block_data`] in parts, for a batch written as its blocks arrive: `blocks`
+    /// go to the data file, and only with `sync` is everything written since the last sync
+    /// made durable. `parts` carries what that sync needs between the calls.
+    pub(crate) async fn write_block_data_part<B: AsRef<[u8]> + Send + Sync + 'static>(
+        &self,
+        row: i64,
+        blocks: Vec<(u64, B)>,
+        parts: &mut PartWrites,
+        sync: bool,
+    ) -> Result<Vec<(u64, B)>, StoreError> {
+        let Some(blobs) = self.blobs.clone() else {
+            return Ok(blocks);
+        };
+        let before = *parts;
+        if blocks.is_empty() && !(sync && before.unsynced) {
+            return Ok(blocks);
         }
+        let (blocks, after) = super::blobs::blocking(move || {
+            let created = blobs.write_unsynced(row, &blocks)? || before.created;
+            if sync {
+                blobs.sync(row, created)?;
+                return Ok((blocks, PartWrites::default()));
+            }
+            Ok((
+                blocks,
+                PartWrites {
+                    unsynced: true,
+                    created,
+                },
+            ))
+        })
+        .await?;
+        *parts = after;
+        Ok(blocks)
     }
 
     /// The second half: one transaction records `blocks` as held — only after
