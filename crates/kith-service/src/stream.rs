@@ -21,6 +21,17 @@ pub trait ChunkWrite: AsyncWrite + Send + Unpin {
     fn write_chunk(&mut self, chunk: Bytes) -> WriteChunk<'_> {
         Box::pin(async move { self.write_all(&chunk).await })
     }
+
+    /// Writes all of `chunks`, in order; by default one [`Self::write_chunk`] each. A stream
+    /// that can take several at once (QUIC) does, in one step.
+    fn write_chunks(&mut self, chunks: Vec<Bytes>) -> WriteChunk<'_> {
+        Box::pin(async move {
+            for chunk in chunks {
+                self.write_chunk(chunk).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A stream's sending half, boxed.
@@ -29,6 +40,10 @@ pub type BoxChunkWrite = Box<dyn ChunkWrite>;
 impl<T: ChunkWrite + ?Sized> ChunkWrite for Box<T> {
     fn write_chunk(&mut self, chunk: Bytes) -> WriteChunk<'_> {
         (**self).write_chunk(chunk)
+    }
+
+    fn write_chunks(&mut self, chunks: Vec<Bytes>) -> WriteChunk<'_> {
+        (**self).write_chunks(chunks)
     }
 }
 

@@ -263,6 +263,15 @@ impl ChunkWrite for QuicSend {
     fn write_chunk(&mut self, chunk: Bytes) -> WriteChunk<'_> {
         Box::pin(async move { self.0.write_chunk(chunk).await.map_err(Into::into) })
     }
+
+    fn write_chunks(&mut self, mut chunks: Vec<Bytes>) -> WriteChunk<'_> {
+        Box::pin(async move {
+            self.0
+                .write_all_chunks(&mut chunks)
+                .await
+                .map_err(Into::into)
+        })
+    }
 }
 
 #[async_trait]

@@ -26,7 +26,7 @@ use std::ops::Range;
 use std::time::Duration;
 
 use blake3::hazmat::ChainingValue;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use kith_service::stream::ChunkWrite;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -107,9 +107,9 @@ async fn write_frame<W: AsyncWrite + Unpin>(
     sent.await.map_err(|e| io_error("send to peer", e))
 }
 
-/// Sends block `index`: the frame's head and the index written, then the block's buffer
-/// handed to the stream as it is (a QUIC stream keeps it, with no copy, until the peer has
-/// it; then it goes back to the pool).
+/// Sends block `index`: the frame's head and the index, then the block's buffer as it is,
+/// handed to the stream together (a QUIC stream takes both in one step and keeps the buffer,
+/// with no copy, until the peer has it; then it goes back to the pool).
 async fn send_block<W: ChunkWrite + ?Sized>(
     w: &mut W,
     index: u64,
@@ -118,10 +118,7 @@ async fn send_block<W: ChunkWrite + ?Sized>(
     let mut head = [0u8; 13];
     head[..5].copy_from_slice(&frame_head(BLOCK, 8 + data.len()));
     head[5..].copy_from_slice(&index.to_le_bytes());
-    let sent = async {
-        w.write_all(&head).await?;
-        w.write_chunk(pooled_bytes(data)).await
-    };
+    let sent = w.write_chunks(vec![Bytes::copy_from_slice(&head), pooled_bytes(data)]);
     sent.await.map_err(|e| io_error("send to peer", e))
 }
 
