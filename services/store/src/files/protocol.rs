@@ -135,43 +135,28 @@ struct Frame {
     payload: BytesMut,
 }
 
-async fn read_exact_timed<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-) -> Result<(), StoreError> {
-    tokio::time::timeout(IDLE_TIMEOUT, r.read_exact(buf))
+/// Reads one frame (`None` at a clean end of stream before a frame), refusing unknown kinds and
+/// oversized payloads before reading them. The whole frame must come within [`IDLE_TIMEOUT`].
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, StoreError> {
+    tokio::time::timeout(IDLE_TIMEOUT, read_frame_untimed(r))
         .await
         .map_err(|_| StoreError::Network("peer went silent".into()))?
-        .map(drop)
-        .map_err(|e| io_error("receive from peer", e))
 }
 
-/// Reads one frame (`None` at a clean end of stream before a frame), refusing unknown kinds and
-/// oversized payloads before reading them.
-async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, StoreError> {
+async fn read_frame_untimed<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, StoreError> {
+    let received = |e| io_error("receive from peer", e);
     let mut head = [0u8; 5];
-    let read = tokio::time::timeout(IDLE_TIMEOUT, async {
-        let mut got = 0;
-        while got < head.len() {
-            let n = r
-                .read(&mut head[got..])
-                .await
-                .map_err(|e| io_error("receive from peer", e))?;
-            if n == 0 {
-                return if got == 0 {
-                    Ok(false)
-                } else {
-                    Err(StoreError::Network("stream ended inside a frame".into()))
-                };
-            }
-            got += n;
+    let mut got = 0;
+    while got < head.len() {
+        let n = r.read(&mut head[got..]).await.map_err(received)?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(StoreError::Network("stream ended inside a frame".into()))
+            };
         }
-        Ok(true)
-    })
-    .await
-    .map_err(|_| StoreError::Network("peer went silent".into()))??;
-    if !read {
-        return Ok(None);
+        got += n;
     }
     let kind = head[0];
     let mut len = u32::from_le_bytes(head[1..5].try_into().expect("4 bytes")) as usize;
@@ -187,7 +172,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, St
             return Err(protocol(format!("block frame of {len} bytes")));
         }
         let mut at = [0u8; 8];
-        read_exact_timed(r, &mut at).await?;
+        r.read_exact(&mut at).await.map_err(received)?;
         index = u64::from_le_bytes(at);
         len -= 8;
     }
@@ -197,22 +182,17 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, St
     } else {
         BytesMut::with_capacity(len)
     };
-    tokio::time::timeout(IDLE_TIMEOUT, async {
-        while payload.len() < len {
-            let want = (len - payload.len()) as u64;
-            let n = (&mut *r)
-                .take(want)
-                .read_buf(&mut payload)
-                .await
-                .map_err(|e| io_error("receive from peer", e))?;
-            if n == 0 {
-                return Err(StoreError::Network("stream ended inside a frame".into()));
-            }
+    while payload.len() < len {
+        let want = (len - payload.len()) as u64;
+        let n = (&mut *r)
+            .take(want)
+            .read_buf(&mut payload)
+            .await
+            .map_err(received)?;
+        if n == 0 {
+            return Err(StoreError::Network("stream ended inside a frame".into()));
         }
-        Ok(())
-    })
-    .await
-    .map_err(|_| StoreError::Network("peer went silent".into()))??;
+    }
     Ok(Some(Frame {
         kind,
         index,
