@@ -138,7 +138,7 @@ impl StoreService {
                 service.config.clone(),
             )));
         }
-        tasks.push(tokio::spawn(expire_mailboxes(
+        tasks.push(tokio::spawn(housekeeping(
             service.store.clone(),
             service.config.expire_interval,
         )));
@@ -268,7 +268,8 @@ async fn serve_files(store: Arc<Store>, mut incoming: crate::net::Incoming, max:
     }
 }
 
-async fn expire_mailboxes(store: Arc<Store>, every: Duration) {
+/// Every `every`: removes expired mailbox records and imports that never finished.
+async fn housekeeping(store: Arc<Store>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -276,6 +277,12 @@ async fn expire_mailboxes(store: Arc<Store>, every: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "expired mailbox records removed"),
             Err(error) => tracing::warn!(%error, "removing expired mailbox records failed"),
+        }
+        if let Err(error) = store
+            .sweep_stale_imports(files::store::stale_import_cutoff())
+            .await
+        {
+            tracing::warn!(%error, "removing imports that never finished failed");
         }
     }
 }

@@ -1105,3 +1105,49 @@ async fn bytes_written_without_their_rows_are_not_held_and_a_refetch_works() {
         every_held_block_verifies(&b, &ticket.id).await;
     }
 }
+
+#[tokio::test]
+async fn an_import_left_unfinished_is_removed_once_stale() {
+    for db in blob_backends().await {
+        let store = Arc::new(db.open().await);
+        // An import whose reader stalls after 5 MiB (more than a batch), cancelled as a crash
+        // would end it: its provisional row, blocks and data file stay behind.
+        let (mut feed, reader) = tokio::io::duplex(1 << 16);
+        let feeder = tokio::spawn(async move {
+            feed.write_all(&plaintext(9, 5 << 20)).await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let importing = tokio::spawn({
+            let store = store.clone();
+            async move { store.import_file(reader).await }
+        });
+        let began = kith_store::mailbox::unix_now();
+        for _ in 0..1000 {
+            if !data_files(&store).is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        importing.abort();
+        assert!(importing.await.unwrap_err().is_cancelled());
+        feeder.abort();
+        assert_eq!(data_files(&store).len(), 1, "{}", db.name);
+        assert_eq!(store.file_stats().await.unwrap().files, 0);
+
+        // Not stale yet: kept, by a sweep and by reopening the store.
+        assert_eq!(store.sweep_stale_imports(began).await.unwrap(), 0);
+        Arc::try_unwrap(store).ok().unwrap().close().await;
+        let store = db.open().await;
+        assert_eq!(data_files(&store).len(), 1, "{}", db.name);
+        // Stale: removed, rows and data file, and a new import works.
+        assert_eq!(store.sweep_stale_imports(began + 2).await.unwrap(), 1);
+        assert!(data_files(&store).is_empty(), "{}", db.name);
+        assert_eq!(store.sweep_stale_imports(began + 2).await.unwrap(), 0);
+        let ticket = put(&store, &plaintext(3, 100_000)).await;
+        assert_eq!(
+            get(&store, &ticket, 0..u64::MAX).await,
+            plaintext(3, 100_000)
+        );
+        assert_eq!(store.file_stats().await.unwrap().blocks, 2);
+    }
+}

@@ -53,6 +53,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         description: "own logs",
         sql: include_str!("../../migrations/sqlite/0006_own_logs.sql"),
     },
+    Migration {
+        version: 7,
+        description: "import started",
+        sql: include_str!("../../migrations/sqlite/0007_import_started.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -85,6 +90,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 6,
         description: "own logs",
         sql: include_str!("../../migrations/postgres/0006_own_logs.sql"),
+    },
+    Migration {
+        version: 7,
+        description: "import started",
+        sql: include_str!("../../migrations/postgres/0007_import_started.sql"),
     },
 ];
 

@@ -429,6 +429,11 @@ impl Store {
                 crate::files::blobs::blocking(move || crate::files::blobs::BlobDir::open(dir))
                     .await?,
             );
+        }
+        store
+            .sweep_stale_imports(crate::files::store::stale_import_cutoff())
+            .await?;
+        if store.blobs.is_some() {
             store.sweep_orphan_data_files().await?;
         }
         Ok(store)

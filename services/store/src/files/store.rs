@@ -50,6 +50,15 @@ pub(crate) struct PartWrites {
     created: bool,
 }
 
+/// How long an unfinished import may run before [`Store::sweep_stale_imports`] takes it for
+/// one a crash or a cancellation left behind.
+pub const STALE_IMPORT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Now less [`STALE_IMPORT`]: imports begun before it are left over.
+pub(crate) fn stale_import_cutoff() -> u64 {
+    crate::mailbox::unix_now().saturating_sub(STALE_IMPORT.as_secs())
+}
+
 /// Blocks per write transaction (4 MiB) and at most per read.
 pub const BATCH_BLOCKS: u64 = 64;
 /// Blocks per multi-row insert (3 binds each: a whole batch is one statement).
@@ -109,9 +118,11 @@ impl Store {
         &self,
         reader: R,
     ) -> Result<FileInfo, StoreError> {
+        let started = to_i64(crate::mailbox::unix_now())?;
         let row: i64 = on_db!(&self.db, pool, DB => {
-            sqlx::query("INSERT INTO files (root, size, outboard) VALUES (NULL, 0, $1) RETURNING id")
+            sqlx::query("INSERT INTO files (root, size, outboard, import_started) VALUES (NULL, 0, $1, $2) RETURNING id")
                 .bind(Vec::<u8>::new())
+                .bind(started)
                 .fetch_one(pool)
                 .await?
                 .try_get(0)?
@@ -259,6 +270,29 @@ impl Store {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    /// Removes imports that began before `cutoff` (Unix seconds) and never finished: the
+    /// provisional rows, their blocks and data files, left by a crash or a cancelled import
+    /// (a failed one removes its own). A store does this when it opens and then from time to
+    /// time (see [`STALE_IMPORT`]); an import still running on another store that shares the
+    /// database is older than that only if it has run for as long, and then it fails cleanly.
+    /// Returns how many were removed.
+    pub async fn sweep_stale_imports(&self, cutoff: u64) -> Result<usize, StoreError> {
+        let cutoff = to_i64(cutoff)?;
+        let rows: Vec<i64> = on_db!(&self.db, pool, DB => {
+            sqlx::query_scalar::<_, i64>("SELECT id FROM files WHERE root IS NULL AND import_started < $1")
+                .bind(cutoff)
+                .fetch_all(pool)
+                .await?
+        });
+        for &row in &rows {
+            self.remove_file_row(row).await?;
+        }
+        if !rows.is_empty() {
+            tracing::info!(removed = rows.len(), "removed imports that never finished");
+        }
+        Ok(rows.len())
     }
 
     /// Removes data files in the blob dir whose file row is gone (left by a crash between a
