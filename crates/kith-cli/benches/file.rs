@@ -32,6 +32,9 @@
 #[allow(dead_code)]
 mod store_net;
 
+#[path = "../../../services/transport/benches/support/raw_quic.rs"]
+mod raw_quic;
+
 /// The `kith` binary's allocator, for both systems measured here.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -45,13 +48,10 @@ use kith_store::Store;
 use kith_store::files::{self, EncryptReader, FileId, FileKey};
 use kith_store::net::Network;
 use kith_transport::api::TransportApi;
-use kith_transport::socket::bind_udp_socket;
 use kith_transport::{
     EndpointOptions, Node, NodeConfig, PeerAddrs, PeerId, SecretKey, TransportService,
 };
-use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use raw_quic::{raw_client_config, raw_endpoint, raw_server_config};
 use store_net::TransportNetwork;
 use tokio::io::AsyncWriteExt;
 
@@ -71,10 +71,6 @@ fn config() -> NodeConfig {
     }
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// Plaintext that does not compress: a keyed BLAKE3 stream.
 fn plaintext(len: u64) -> Vec<u8> {
     let mut out = vec![0u8; len as usize];
@@ -82,90 +78,6 @@ fn plaintext(len: u64) -> Vec<u8> {
         .finalize_xof()
         .fill(&mut out);
     out
-}
-
-fn raw_endpoint(server: Option<quinn::ServerConfig>) -> quinn::Endpoint {
-    let options = options();
-    let socket = bind_udp_socket(options.bind_addr, options.socket_buffer_bytes).unwrap();
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        quinn::default_runtime().unwrap(),
-    )
-    .unwrap()
-}
-
-fn raw_server_config() -> quinn::ServerConfig {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![RAW_ALPN.to_vec()];
-    let mut config =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
-    config.transport_config(Arc::new(options().transport_config()));
-    config
-}
-
-#[derive(Debug)]
-struct SkipVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerification {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn raw_client_config() -> quinn::ClientConfig {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SkipVerification(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![RAW_ALPN.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    config.transport_config(Arc::new(options().transport_config()));
-    config
 }
 
 /// What the holder thread tells the main thread.
@@ -217,7 +129,7 @@ fn spawn_holder(dir: std::path::PathBuf) -> Holder {
                 }
             });
 
-            let raw = raw_endpoint(Some(raw_server_config()));
+            let raw = raw_endpoint(&options(), Some(raw_server_config(&options(), RAW_ALPN)));
             let size = info.size;
             tx.send(Holder {
                 peer: me,
@@ -392,9 +304,9 @@ fn main() {
                 relay: None,
             },
         );
-        let raw = raw_endpoint(None);
+        let raw = raw_endpoint(&options(), None);
         let conn = raw
-            .connect_with(raw_client_config(), holder.raw_addr, "localhost")
+            .connect_with(raw_client_config(&options(), RAW_ALPN), holder.raw_addr, "localhost")
             .unwrap()
             .await
             .unwrap();

@@ -18,19 +18,22 @@
 //! Figures are medians over interleaved rounds (the machine is shared and noisy). Writes its
 //! table into BENCHMARKS.md.
 
+#[path = "support/raw_quic.rs"]
+mod raw_quic;
+
 use kith_bench::{today, verdict, write_section};
+use raw_quic::{raw_client_config, raw_endpoint, raw_server_config};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kith_transport::socket::bind_udp_socket;
 use kith_transport::{
     Connection, Endpoint, EndpointOptions, PeerId, ProtocolHandler, Router, SecretKey,
 };
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 const ALPN: &[u8] = b"kith/bench/1";
 const ROUNDS: usize = 11;
@@ -74,95 +77,6 @@ fn options() -> EndpointOptions {
     EndpointOptions::localhost()
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// Raw quinn on the same kind of socket with the same transport settings.
-fn raw_endpoint(server: Option<quinn::ServerConfig>) -> quinn::Endpoint {
-    let options = options();
-    let socket = bind_udp_socket(options.bind_addr, options.socket_buffer_bytes).unwrap();
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        server,
-        socket,
-        quinn::default_runtime().unwrap(),
-    )
-    .unwrap()
-}
-
-fn raw_server_config() -> quinn::ServerConfig {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )
-        .unwrap();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let mut config =
-        quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls).unwrap()));
-    config.transport_config(Arc::new(options().transport_config()));
-    config
-}
-
-#[derive(Debug)]
-struct SkipVerification(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerification {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn raw_client_config() -> quinn::ClientConfig {
-    let provider = provider();
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SkipVerification(provider)))
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    tls.resumption = rustls::client::Resumption::disabled();
-    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
-    config.transport_config(Arc::new(options().transport_config()));
-    config
-}
-
 /// A self-signed ed25519 certificate for `localhost` and its key.
 fn ed25519_cert() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
@@ -199,11 +113,11 @@ impl MutualCerts {
     fn server_config(&self) -> quinn::ServerConfig {
         let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             roots(&self.client.0),
-            provider(),
+            raw_quic::provider(),
         )
         .build()
         .unwrap();
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        let mut tls = rustls::ServerConfig::builder_with_provider(raw_quic::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_client_cert_verifier(verifier)
@@ -217,7 +131,7 @@ impl MutualCerts {
     }
 
     fn client_config(&self) -> quinn::ClientConfig {
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        let mut tls = rustls::ClientConfig::builder_with_provider(raw_quic::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
             .with_root_certificates(roots(&self.server.0))
@@ -354,9 +268,9 @@ fn main() {
                 .accept(ALPN, KithSink)
                 .spawn()
                 .unwrap();
-            let raw = raw_endpoint(Some(raw_server_config()));
+            let raw = raw_endpoint(&options(), Some(raw_server_config(&options(), ALPN)));
             tokio::spawn(raw_accept_loop(raw.clone()));
-            let mutual = raw_endpoint(Some(server_certs.server_config()));
+            let mutual = raw_endpoint(&options(), Some(server_certs.server_config()));
             tokio::spawn(raw_accept_loop(mutual.clone()));
             servers_tx
                 .send(Servers {
@@ -393,12 +307,12 @@ async fn run(servers: Servers, mutual_client: quinn::ClientConfig) {
             addr: servers.kith_addr,
         },
         System::Raw {
-            endpoint: raw_endpoint(None),
-            config: raw_client_config(),
+            endpoint: raw_endpoint(&options(), None),
+            config: raw_client_config(&options(), ALPN),
             addr: servers.raw_addr,
         },
         System::Raw {
-            endpoint: raw_endpoint(None),
+            endpoint: raw_endpoint(&options(), None),
             config: mutual_client,
             addr: servers.mutual_addr,
         },
