@@ -11,6 +11,7 @@ use kith_store::log::{
 };
 use kith_store::topic::{MAX_LOG_TOPICS, MAX_TOPIC_LOGS, RoomTopic, TopicKey, TopicTag};
 use kith_store::{LogInfo, PutOutcome, Stats, Store, StoreError};
+use std::sync::Arc;
 
 /// Entry `i` of a test log: bytes that look like ciphertext (pseudo-random, varying length).
 fn entry(seed: u8, i: u64) -> Vec<u8> {
@@ -972,6 +973,138 @@ async fn a_topic_lists_at_most_max_topic_logs() {
     assert!(tags.windows(2).all(|w| w[0].key < w[1].key));
     assert!(tags.iter().all(|t| t.key != one_more.key));
     store.close().await;
+}
+
+/// Tags all of `tags` at once, alternately through `a` and `b`: how many were added, and how
+/// many refused for a topic limit (anything else fails the test).
+async fn race(
+    a: &Arc<Store>,
+    b: &Arc<Store>,
+    tags: Vec<(TopicKey, TopicTag)>,
+    own: bool,
+) -> (usize, usize) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (topic, tag)) in tags.into_iter().enumerate() {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move { store.tag_log(&topic, &tag, own).await });
+    }
+    let (mut added, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(true) => added += 1,
+            Err(StoreError::TopicLimit(_)) => refused += 1,
+            other => panic!("tag_log: {other:?}"),
+        }
+    }
+    (added, refused)
+}
+
+/// The topic limits hold when two stores share one database (two store processes on one
+/// PostgreSQL, say) and tag at the same moment: each store's tags race the other's, and the
+/// counts they check must not both read "one below the limit".
+#[tokio::test]
+async fn topic_limits_hold_under_concurrent_tagging_from_two_stores() {
+    for db in backends().await {
+        let (a, b) = (Arc::new(db.open().await), Arc::new(db.open().await));
+        let writer = Ed25519Signer::from_seed([61; 32]);
+        let key = writer.log_key();
+        let racers = 12u8;
+
+        // One log, 4 topics short of its limit, then 12 new topics at once, half through each
+        // store: exactly 4 get in.
+        for i in 0..MAX_LOG_TOPICS as u8 - 4 {
+            let t = room(150 + i);
+            a.tag_log(&t, &TopicTag::sign(&writer, &t.id()), true)
+                .await
+                .unwrap();
+        }
+        let tags: Vec<_> = (0..racers)
+            .map(|i| {
+                let t = room(200 + i);
+                let tag = TopicTag::sign(&writer, &t.id());
+                (t, tag)
+            })
+            .collect();
+        let (added, refused) = race(&a, &b, tags, true).await;
+        assert_eq!((added, refused), (4, 8), "{}", db.name);
+        assert_eq!(
+            a.log_topics(&key).await.unwrap().len(),
+            MAX_LOG_TOPICS,
+            "{}",
+            db.name
+        );
+
+        // One topic, 4 logs short of its limit, then 12 new logs at once.
+        let topic = room(33);
+        let signer = |i: u32| {
+            let mut seed = [9u8; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            Ed25519Signer::from_seed(seed)
+        };
+        for i in 0..MAX_TOPIC_LOGS as u32 - 4 {
+            a.tag_log(&topic, &TopicTag::sign(&signer(i), &topic.id()), false)
+                .await
+                .unwrap();
+        }
+        let tags: Vec<_> = (0..u32::from(racers))
+            .map(|i| {
+                (
+                    topic.clone(),
+                    TopicTag::sign(&signer(10_000 + i), &topic.id()),
+                )
+            })
+            .collect();
+        let (added, refused) = race(&a, &b, tags, false).await;
+        assert_eq!((added, refused), (4, 8), "{}", db.name);
+        assert_eq!(
+            b.topic_tags(&topic.id()).await.unwrap().len(),
+            MAX_TOPIC_LOGS,
+            "{}",
+            db.name
+        );
+        a.close().await;
+        b.close().await;
+    }
+}
+
+/// A mailbox's limits hold when two stores share one database and deposits race: a depositor
+/// 4 records short of its share sends 12 at once through both, exactly 4 are kept.
+#[tokio::test]
+async fn mailbox_limits_hold_under_concurrent_deposits_from_two_stores() {
+    use kith_store::mailbox::{MAX_RECORDS_PER_DEPOSITOR, MailboxKey, unix_now};
+    for db in backends().await {
+        let (a, b) = (Arc::new(db.open().await), Arc::new(db.open().await));
+        let mailbox = MailboxKey::of(&ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+        let (depositor, now) = ([4u8; 32], unix_now());
+        for i in 0..MAX_RECORDS_PER_DEPOSITOR - 4 {
+            a.mailbox_put(&mailbox, &depositor, &i.to_le_bytes(), 3600, now, u64::MAX)
+                .await
+                .unwrap();
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..12u64 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.spawn(async move {
+                let data = (1000 + i).to_le_bytes();
+                store
+                    .mailbox_put(&mailbox, &depositor, &data, 3600, now, u64::MAX)
+                    .await
+            });
+        }
+        let (mut kept, mut full) = (0, 0);
+        while let Some(result) = tasks.join_next().await {
+            match result.unwrap() {
+                Ok(_) => kept += 1,
+                Err(StoreError::MailboxFull(_)) => full += 1,
+                other => panic!("{}: mailbox_put: {other:?}", db.name),
+            }
+        }
+        assert_eq!((kept, full), (4, 8), "{}", db.name);
+        let held = b.mailbox_fetch(&mailbox, now, 1000).await.unwrap();
+        assert_eq!(held.len() as u64, MAX_RECORDS_PER_DEPOSITOR, "{}", db.name);
+        a.close().await;
+        b.close().await;
+    }
 }
 
 /// Random sparse replication: a writer grows in random batches; a mirror pulls random ranges at

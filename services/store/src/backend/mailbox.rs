@@ -17,6 +17,9 @@ pub struct MailboxStats {
     pub bytes: u64,
 }
 
+/// PostgreSQL's advisory lock (an arbitrary constant key) that mailbox deposits take in turn.
+const PG_MAILBOX_LOCK: &str = "SELECT pg_advisory_xact_lock(5484002)";
+
 impl Store {
     /// Keeps `data` in `mailbox` for `ttl_seconds` (0: 48 hours), deposited by `depositor`, at
     /// time `now`. Refused (nothing kept) when the record is too large or the mailbox, the
@@ -36,6 +39,12 @@ impl Store {
         let expires_at = now.saturating_add(ttl);
         let size = data.len() as u64;
         in_write_tx!(&self.db, tx, DB => {
+            // The sums below decide, and the node's quota spans every mailbox: deposits take
+            // turns. SQLite's `BEGIN IMMEDIATE` does that already; on PostgreSQL (other
+            // connections, other store processes) an advisory lock held until commit.
+            if <DB as sqlx::Database>::NAME == "PostgreSQL" {
+                sqlx::query(PG_MAILBOX_LOCK).execute(&mut *tx).await?;
+            }
             sqlx::query("DELETE FROM mailbox_records WHERE expires_at <= $1")
                 .bind(to_i64(now)?)
                 .execute(&mut *tx)

@@ -151,6 +151,20 @@ impl Store {
         let log = self.ensure_log(&tag.key).await?;
         in_write_tx!(&self.db, tx, DB => {
             let topic_row = topic_row!(tx, id, topic);
+            // The counts below decide; two writers (other connections, other store processes
+            // on one PostgreSQL) must not both read "one below the limit". SQLite's
+            // `BEGIN IMMEDIATE` already lets one writer in at a time; on PostgreSQL the topic's
+            // row and the log's are locked, always in that order, until commit.
+            if <DB as sqlx::Database>::NAME == "PostgreSQL" {
+                sqlx::query("SELECT id FROM topics WHERE id = $1 FOR UPDATE")
+                    .bind(topic_row)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("SELECT id FROM logs WHERE id = $1 FOR UPDATE")
+                    .bind(log.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let held: Option<i64> = sqlx::query(
                 "SELECT own FROM log_topics WHERE topic = $1 AND log_id = $2",
             )
