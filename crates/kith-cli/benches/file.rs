@@ -13,7 +13,9 @@
 //!   does not check), same socket set-up and transport settings; each round the client opens a
 //!   stream and the server writes the same number of bytes from memory, in 1 MiB writes; the
 //!   client reads them to the end. No storage, no verification.
-//! - Where the time goes, two more figures: the same fetch into a store on tmpfs (`/dev/shm`:
+//! - Where the time goes, three more figures: raw quinn doing the fetcher's verification and
+//!   nothing else (the same stream read block by block through `AsyncRead`, each block's BLAKE3
+//!   chaining value worked out with the store's `block_cv`; no storage); the same fetch into a store on tmpfs (`/dev/shm`:
 //!   writes and syncs cost no disk, but tmpfs has no direct I/O, so the blocks are copied into
 //!   its pages), and the fetcher's storage done plainly: the same 64 KiB blocks written with
 //!   buffered positioned writes to a data file on the same disk, each 4 MiB batch `fdatasync`ed
@@ -45,7 +47,7 @@ use std::time::Instant;
 
 use kith_bench::{process_cpu, today, verdict, write_section};
 use kith_store::Store;
-use kith_store::files::{self, EncryptReader, FileId, FileKey};
+use kith_store::files::{self, EncryptReader, FileId, FileKey, hash};
 use kith_store::net::Network;
 use kith_transport::api::TransportApi;
 use kith_transport::{
@@ -232,6 +234,25 @@ async fn raw_round(conn: &quinn::Connection, size: u64) -> (f64, f64) {
     (mib_per_s(size, secs), cpu)
 }
 
+/// Raw quinn doing the fetcher's verification and nothing else: the stream read through
+/// `AsyncRead` into a 64 KiB buffer block by block, each block's BLAKE3 chaining value worked
+/// out as the fetcher does (`block_cv`); no storage. Its rate (MiB/s).
+async fn verified_raw_round(conn: &quinn::Connection, size: u64) -> f64 {
+    use tokio::io::AsyncReadExt;
+    let started = Instant::now();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[1]).await.unwrap();
+    send.shutdown().await.unwrap();
+    let mut buf = vec![0u8; hash::block_len(size, 0)];
+    for idx in 0..hash::block_count(size) {
+        let block = &mut buf[..hash::block_len(size, idx)];
+        AsyncReadExt::read_exact(&mut recv, block).await.unwrap();
+        std::hint::black_box(hash::block_cv(size, idx, block));
+    }
+    assert!(recv.read_chunk(1, true).await.unwrap().is_none());
+    mib_per_s(size, started.elapsed().as_secs_f64())
+}
+
 /// The storage anchor: `blocks` stored as the fetcher stores them — each 4 MiB batch written to
 /// a data file at its offsets and `fdatasync`ed, then its rows (no data) committed — then
 /// removed (untimed).
@@ -349,6 +370,7 @@ fn main() {
         kith_round(&store, &network, &holder).await;
         kith_round(&shm_store, &network, &holder).await;
         raw_round(&conn, holder.size).await;
+        verified_raw_round(&conn, holder.size).await;
         storage_round(&pool, &anchor_data, &blocks).await;
 
         // For profilers: `KITH_FILE_BENCH_ONLY=kith|raw|both` runs 20 rounds (or
@@ -387,6 +409,8 @@ fn main() {
         let (mut kith, mut anchor, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut storage, mut storage_ratios) = (Vec::new(), Vec::new());
         let (mut in_memory, mut memory_ratios) = (Vec::new(), Vec::new());
+        let (mut verified, mut verified_ratios, mut over_verified) =
+            (Vec::new(), Vec::new(), Vec::new());
         let (mut kith_cpu, mut raw_cpu, mut cpu_ratios) = (Vec::new(), Vec::new(), Vec::new());
         let (mut kith_cores, mut raw_cores) = (Vec::new(), Vec::new());
         for round in 0..ROUNDS {
@@ -397,12 +421,16 @@ fn main() {
                 let r = raw_round(&conn, holder.size).await;
                 (kith_round(&store, &network, &holder).await, r)
             };
+            let v = verified_raw_round(&conn, holder.size).await;
+            verified.push(v);
+            verified_ratios.push(v / r);
+            over_verified.push(k / v);
             let sq = storage_round(&pool, &anchor_data, &blocks).await;
             let (m, _) = kith_round(&shm_store, &network, &holder).await;
             in_memory.push(m);
             memory_ratios.push(m / r);
             println!(
-                "round {round}: kith {k:.0} MiB/s ({kc:.0} ms CPU), raw quinn {r:.0} MiB/s ({rc:.0} ms CPU), ratio {:.2}; storage alone {sq:.0} MiB/s; kith into tmpfs {m:.0} MiB/s",
+                "round {round}: kith {k:.0} MiB/s ({kc:.0} ms CPU), raw quinn {r:.0} MiB/s ({rc:.0} ms CPU), ratio {:.2}; raw quinn verifying {v:.0} MiB/s; storage alone {sq:.0} MiB/s; kith into tmpfs {m:.0} MiB/s",
                 k / r
             );
             kith_cpu.push(kc);
@@ -425,10 +453,11 @@ fn main() {
 | measurement | Kith file fetch | raw quinn stream (anchor) | ratio Kith / raw, median of per-round ratios |\n\
 |---|---:|---:|---:|\n\
 | 64 MiB, median MiB/s (worst round) | {k:.0} ({kw:.0}) | {r:.0} ({rw:.0}) | {ratio:.2}× |\n\
+| raw quinn doing the fetcher's verification alone (each 64 KiB block read off the stream into a buffer and its BLAKE3 chaining value worked out; no storage), median MiB/s (worst round) | {v:.0} ({vw:.0}) | {r:.0} ({rw:.0}) | {vratio:.2}× |\n\
 | the same fetch into a store on tmpfs (`/dev/shm`: no disk, and no direct I/O either, so buffered writes), median MiB/s (worst round) | {m:.0} ({mw:.0}) | {r:.0} ({rw:.0}) | {mratio:.2}× |\n\
 | CPU time per 64 MiB, both ends together (the process's CPU clock: every thread), median ms | {kc:.0} | {rc:.0} | {cratio:.2}× |\n\
 | cores busy during the transfer (CPU time / wall time; this machine has 2), median | {kcores:.2} | {rcores:.2} | |\n\n\
-Where the time goes — the fetcher's storage alone, done plainly (the same 64 KiB blocks written with buffered positioned writes at their offsets in a data file on the same disk, `fdatasync` per 4 MiB batch, then the batch's 64 rows committed to SQLite with the store's settings; no network, no hashing), measured in the same rounds: median {sq:.0} MiB/s (worst {sqw:.0}); Kith's whole fetch runs at {sratio:.2}× of it (median of per-round ratios).\n\n\
+Where the time goes — the fetcher's storage alone, done plainly (the same 64 KiB blocks written with buffered positioned writes at their offsets in a data file on the same disk, `fdatasync` per 4 MiB batch, then the batch's 64 rows committed to SQLite with the store's settings; no network, no hashing), measured in the same rounds: median {sq:.0} MiB/s (worst {sqw:.0}); Kith's whole fetch runs at {sratio:.2}× of it (median of per-round ratios). Against raw quinn doing the verification alone, the fetch (storage, disk reads and protocol on top) runs at {vkratio:.2}×.\n\n\
 Target: file transfer ≥ 0.8× a raw quinn stream on loopback — {ratio:.2}× ({verdict}).\n",
             date = today(),
             plain = PLAINTEXT_BYTES >> 20,
@@ -442,6 +471,10 @@ Target: file transfer ≥ 0.8× a raw quinn stream on loopback — {ratio:.2}× 
             sqw = worst(&storage),
             sratio = median(&storage_ratios),
             m = median(&in_memory),
+            v = median(&verified),
+            vw = worst(&verified),
+            vratio = median(&verified_ratios),
+            vkratio = median(&over_verified),
             mw = worst(&in_memory),
             mratio = median(&memory_ratios),
             kc = median(&kith_cpu),
